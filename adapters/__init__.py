@@ -1,0 +1,1 @@
+"""Adapters: where data enters and leaves a node (databases, files)."""

@@ -1,0 +1,1 @@
+"""exnode daemon core: config, identity, packages, delivery, exchange log, CLI."""

@@ -1,0 +1,1 @@
+"""Built-in plugins, registered through the ``exnode`` entry-point group like any other."""

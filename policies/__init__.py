@@ -1,0 +1,1 @@
+"""Policies: decisions about data (sync strategies, conflicts, quality rules, access)."""
