@@ -534,6 +534,17 @@ def demo(keep_running: bool, directory: str | None, as_json: bool) -> None:
     sys.exit(run_demo(keep_running=keep_running, directory=directory, as_json=as_json))
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=1883, show_default=True, type=click.IntRange(0, 65535),
+              help="0 picks a free port.")
+def broker(host: str, port: int) -> None:
+    """Run the embedded MQTT broker (amqtt) in the foreground, for demos and tests."""
+    from .broker import free_port, run_broker
+
+    run_broker(host, port or free_port())
+
+
 # --- helpers -------------------------------------------------------------------------------
 
 def _ts(t: float | None) -> str:

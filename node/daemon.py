@@ -16,6 +16,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from .topics import Topics
 
 log = structlog.get_logger("exnode")
 
+# Small packets (receipts, acks) must not wait for Nagle's algorithm.
+NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 DEFAULT_SUITE = "x25519-hkdf-sha256-aes256gcm-ed25519"
 RECEIPT = "receipt"
 
@@ -383,6 +386,7 @@ class Node:
     async def _outbox_loop(self) -> None:
         while not self._stop.is_set():
             await self._connected.wait()
+            self._wake.clear()  # before looking, so a wake-up during the look is not lost
             rows = await self.db(self._due, 512)
             if rows:
                 ok = await self._publish_many([(self._topic_for(r["dest"]), r["blob"],
@@ -395,7 +399,6 @@ class Node:
                     await asyncio.sleep(0.5)
                 continue
             wait = min(await self.db(self._next_due_in), 1.0)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.01))
 
@@ -693,6 +696,7 @@ class Node:
                                 {"host": self.cfg.broker.host, "port": self.cfg.broker.port})
         self._gconf_blob = blob
         self.directory.version = g["version"]
+        self.directory.expires = float(g["expires"])
         client = self._client
         if client is not None:
             try:
@@ -776,6 +780,8 @@ class Node:
             if b.tls.insecure:
                 tls.check_hostname = False
         while not self._stop.is_set():
+            if len(versions) > 1:
+                versions = await self._probe_protocol(versions, password, tls)
             proto = versions[attempt % len(versions)]
             kwargs: dict[str, Any] = {}
             if proto == aiomqtt.ProtocolVersion.V5:
@@ -793,6 +799,7 @@ class Node:
                     protocol=proto,
                     username=b.username, password=password, keepalive=b.keepalive,
                     tls_context=tls, max_inflight_messages=self.cfg.delivery.max_in_flight,
+                    socket_options=NODELAY,
                     timeout=30, **kwargs,
                 ) as client:
                     self._client = client
@@ -813,7 +820,7 @@ class Node:
                     self._wake.set()
                     async for msg in client.messages:
                         await self._inq.put(msg)
-            except aiomqtt.MqttError as e:
+            except (aiomqtt.MqttError, OSError) as e:
                 was = self._connected.is_set()
                 self._connected.clear()
                 self._client = None
@@ -828,6 +835,24 @@ class Node:
             finally:
                 self._connected.clear()
                 self._client = None
+
+    async def _probe_protocol(self, versions: list[Any], password: str | None,
+                              tls: Any) -> list[Any]:
+        """'auto': ask the broker with a plain MQTT 5 connect whether it speaks 5 (some
+        brokers, amqtt among them, never answer a 5 connect that carries properties)."""
+        b = self.cfg.broker
+        try:
+            async with aiomqtt.Client(b.host, b.port, protocol=aiomqtt.ProtocolVersion.V5,
+                                      identifier=client_id(self.id, self.identity.sign_pub)
+                                      + "-probe", username=b.username, password=password,
+                                      tls_context=tls, timeout=5):
+                return [aiomqtt.ProtocolVersion.V5]
+        except aiomqtt.MqttCodeError as e:
+            if getattr(e, "rc", None) in (1, 132):  # unacceptable / unsupported version
+                return [aiomqtt.ProtocolVersion.V311]
+            return versions
+        except aiomqtt.MqttError:
+            return versions
 
     def _retry_all_now(self) -> None:
         """After a (re)connect, packages that were sent into a dead connection go again."""

@@ -25,9 +25,15 @@ def parse_loose_date(text: str) -> date | None:
     if m is None:
         return None
     g = m.group
-    month, day = (g("m"), g("d")) if g("m") else (g("m8"), g("d8")) if g("m8") else (
-        g("mz"),
-        g("dz"),
+    month, day = (
+        (g("m"), g("d"))
+        if g("m")
+        else (g("m8"), g("d8"))
+        if g("m8")
+        else (
+            g("mz"),
+            g("dz"),
+        )
     )
     try:
         return date(int(g("y")), int(month), int(day))

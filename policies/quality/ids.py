@@ -73,11 +73,7 @@ def is_citizen_id(value: Any) -> bool:
     if len(value) == 18 and value.isascii() and value[:17].isdigit():
         last = value[17]
         if last != "x":
-            return (
-                last == _ric_check_digit(value)
-                and _ric_date_ok(value)
-                and _ric_place_ok(value)
-            )
+            return last == _ric_check_digit(value) and _ric_date_ok(value) and _ric_place_ok(value)
     return ric.is_valid(value)
 
 
@@ -143,9 +139,7 @@ def mask_id(value: Any) -> str:
     return text[:6] + "*" * (len(text) - 8) + text[-2:]
 
 
-_ID_LIKE = re.compile(
-    r"(?<![0-9A-Za-z])(?:[0-9]{17}[0-9Xx]|[0-9]{15})(?![0-9A-Za-z])"
-)
+_ID_LIKE = re.compile(r"(?<![0-9A-Za-z])(?:[0-9]{17}[0-9Xx]|[0-9]{15})(?![0-9A-Za-z])")
 
 
 def scrub_ids(text: str) -> str:

@@ -68,7 +68,7 @@ class CompileContext:
             raise ValueError(f"unknown code table {name!r} (known: {known})") from None
 
     def show(self, field: str, value: Any) -> str:
-        """A short, one-line rendering of ``value`` for a reason; masked if the field is sensitive."""
+        """A short one-line rendering of ``value``; masked if the field is sensitive."""
         if value is None:
             return "NULL"
         if field in self.sensitive:

@@ -1,0 +1,144 @@
+"""``exnode demo``: an embedded broker, a center and two bureaus on this machine.
+
+Everything is real: separate processes, keys, SQLite state DBs, sealed and signed
+packages through an MQTT broker. It finishes within a minute and leaves nothing running
+(unless ``--keep-running``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .broker import free_port, wait_port
+from .cluster import LocalStar, exnode_cmd, wait_until
+from .errors import ExnodeError
+
+
+def _step(msg: str, quiet: bool) -> None:
+    if not quiet:
+        click.echo(f"• {msg}", err=True)
+
+
+def run_demo(keep_running: bool = False, directory: str | None = None,
+             as_json: bool = False) -> int:
+    t0 = time.monotonic()
+    root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="exnode-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    broker = subprocess.Popen([*exnode_cmd(), "broker", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    star = LocalStar(root, "127.0.0.1", port, bureaus=("b1", "b2"), prefix="exn/v1",
+                     settings={"delivery": {"retry_initial_s": 1.0}})
+    summary: dict[str, Any] = {"dir": str(root), "broker": f"127.0.0.1:{port} (embedded amqtt)"}
+    ok = False
+    try:
+        if not wait_port("127.0.0.1", port, 20):
+            raise ExnodeError("the embedded broker did not start")
+        _step(f"embedded MQTT broker (amqtt) on 127.0.0.1:{port}", as_json)
+        star.init()
+        _step(f"initialised center, b1, b2 in {root} (keys 0600, SQLite state)", as_json)
+        star.start("center")
+        _step("center running: CA, member registry, relay", as_json)
+        for b in star.bureaus:
+            res = star.enrol(b, approve=False)
+            _step(f"{b} registered with a one-time token: {res['status']}", as_json)
+            star.cli("center", "nodes", "approve", b, check=True)
+            _step(f"{b} approved by the center operator", as_json)
+        for b in star.bureaus:
+            star.start(b, wait=False)
+        for b in star.bureaus:
+            star.wait_connected(b)
+            star.wait_members(b, set(star.nodes))
+        _step("bureaus running; signed global configuration received", as_json)
+
+        pings = []
+        for src, dst in (("b1", "b2"), ("b2", "b1"), ("b1", "center"), ("b1", "b2")):
+            r = star.call(src, "POST", "/ping", {"node": dst, "timeout": 20})
+            pings.append({"from": src, "to": dst, "rtt_ms": r["rtt_ms"]})
+            _step(f"ping {src} -> {dst} (through the center): {r['rtt_ms']:.1f} ms", as_json)
+
+        import base64
+
+        items = [f"demo record {i}".encode() for i in range(100)]
+        star.call("b1", "POST", "/send", {"to": "b2", "resource": "demo.records",
+                                          "batch": True,
+                                          "payloads": [base64.b64encode(i).decode()
+                                                       for i in items]})
+        wait_until(lambda: star.status("b1")["outbox_pending"] == 0, 20, what="delivery")
+        _step("b1 sent 100 records to b2 in sealed, batched packages; receipt received",
+              as_json)
+
+        nodes = {}
+        for n in star.nodes:
+            st = star.status(n)
+            v = star.cli(n, "log", "verify", "--json")
+            ver = json.loads(v.stdout) if v.stdout.strip() else {"ok": False}
+            nodes[n] = {"role": st["role"], "members": st["members"],
+                        "sent": st["counters"].get("published", 0),
+                        "applied": st["counters"].get("applied", 0),
+                        "relayed": st["counters"].get("relayed", 0),
+                        "refused": st["counters"].get("refused", 0),
+                        "outbox_pending": st["outbox_pending"],
+                        "log_verify": "ok" if ver.get("ok") else ver.get("problem", "failed"),
+                        "log_rows": ver.get("rows", 0)}
+        summary.update(nodes=nodes, pings=pings, seconds=round(time.monotonic() - t0, 1))
+        ok = all(v["log_verify"] == "ok" for v in nodes.values())
+        if as_json:
+            click.echo(json.dumps(summary))
+        else:
+            _print_summary(summary)
+        if keep_running:
+            _keep(star, root)
+        return 0 if ok else 1
+    except ExnodeError as e:
+        click.echo(f"exnode: error: demo failed: {e}", err=True)
+        return 1
+    finally:
+        star.close()
+        broker.send_signal(signal.SIGTERM)
+        try:
+            broker.wait(10)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+        if not directory and not keep_running and ok:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    click.echo("")
+    click.echo(f"exnode demo: a center and two bureaus over {s['broker']}")
+    click.echo(f"{'node':<8} {'role':<7} {'members':<20} {'sent':>5} {'applied':>8} "
+               f"{'relayed':>8} {'refused':>8} {'outbox':>7}  log verify")
+    for n, v in s["nodes"].items():
+        click.echo(f"{n:<8} {v['role']:<7} {','.join(v['members']):<20} {v['sent']:>5} "
+                   f"{v['applied']:>8} {v['relayed']:>8} {v['refused']:>8} "
+                   f"{v['outbox_pending']:>7}  {v['log_verify']} ({v['log_rows']} rows)")
+    click.echo("round trips: " + ", ".join(f"{p['from']}->{p['to']} {p['rtt_ms']:.1f} ms"
+                                          for p in s["pings"]))
+    click.echo(f"finished in {s['seconds']} s")
+
+
+def _keep(star: LocalStar, root: Path) -> None:
+    click.echo("")
+    click.echo("The star keeps running. Try, in another terminal:")
+    for cmd in ("status", "ping b2", "log", "log verify"):
+        click.echo(f"  exnode -c {star.config_path('b1')} {cmd}")
+    click.echo(f"  exnode -c {star.config_path('center')} nodes list")
+    click.echo("Press Ctrl-C to stop.")
+    try:
+        while all(p.poll() is None for p in star.procs.values()):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    _ = sys
