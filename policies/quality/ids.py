@@ -3,10 +3,13 @@
 * citizen ID (公民身份号码, GB 11643): :mod:`stdnum.cn.ric`
 * unified social credit code (统一社会信用代码, GB 32100): :mod:`stdnum.cn.uscc`
 
-The answers are exactly those of ``stdnum``'s ``is_valid``. For values already in
+The answers are those of ``stdnum``'s ``is_valid`` (except that an input on which
+``stdnum.cn.ric`` raises KeyError is simply invalid). For values already in
 canonical form (18 ASCII characters, upper case) the steps of ``validate`` are
-called one by one so that the expensive birth-place lookup of ``stdnum.cn.ric``
-can be memoised per (area code, birth year); anything else goes to ``is_valid``.
+called one by one -- ``calc_check_digit``, ``get_birth_date``, then the birth-place
+table -- so that the expensive parts can be memoised: the area table entry per area
+code, ``get_birth_place`` per (area code, birth year) where the entry has validity
+periods, and ``get_birth_date`` per date. Anything else goes to ``is_valid``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from stdnum import numdb
 from stdnum.cn import ric, uscc
 from stdnum.exceptions import ValidationError
 
@@ -26,12 +30,14 @@ __all__ = [
     "uscc_error",
 ]
 
-_CACHE_LIMIT = 1 << 17
+_CACHE_LIMIT = 1 << 18
 _birth_date_ok: dict[str, bool] = {}
 _birth_place_ok: dict[str, bool] = {}
+_area_kind: dict[str, int] = {}
+_NEVER, _ALWAYS, _BY_YEAR = 0, 1, 2
 
 
-def _remember(cache: dict[str, bool], key: str, value: bool) -> bool:
+def _remember(cache: dict[str, Any], key: str, value: Any) -> Any:
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
     cache[key] = value
@@ -50,7 +56,32 @@ def _ric_date_ok(number: str) -> bool:
     return _remember(_birth_date_ok, key, True)
 
 
+def _area(code: str) -> int:
+    """How stdnum's birth-place table treats an area code, looked up once per code.
+
+    An entry whose county has no ``[start-end]`` validity period is accepted for any
+    birth year; otherwise the year matters and ``ric.get_birth_place`` decides.
+    """
+    kind = _area_kind.get(code)
+    if kind is None:
+        info = {k: v for _, props in numdb.get("cn/loc").info(code) for k, v in props.items()}
+        counties = info.get("county")
+        if not counties:
+            # Unknown code; stdnum raises InvalidComponent (or KeyError when only
+            # the province part is known).
+            kind = _NEVER
+        elif any(not c.startswith("[") for c in counties.split(",")):
+            kind = _ALWAYS
+        else:
+            kind = _BY_YEAR
+        _remember(_area_kind, code, kind)
+    return kind
+
+
 def _ric_place_ok(number: str) -> bool:
+    kind = _area(number[:6])
+    if kind != _BY_YEAR:
+        return kind == _ALWAYS
     # get_birth_place depends on the area code and the birth year only.
     key = number[:10]
     hit = _birth_place_ok.get(key)
@@ -58,7 +89,7 @@ def _ric_place_ok(number: str) -> bool:
         return hit
     try:
         ric.get_birth_place(number)
-    except ValidationError:
+    except (ValidationError, KeyError):
         return _remember(_birth_place_ok, key, False)
     return _remember(_birth_place_ok, key, True)
 
@@ -69,12 +100,19 @@ _ric_check_digit = ric.calc_check_digit
 def is_citizen_id(value: Any) -> bool:
     """True if ``value`` is a valid 18-digit citizen ID, as ``stdnum.cn.ric.is_valid``."""
     if type(value) is not str:
-        return isinstance(value, str) and ric.is_valid(value)
+        return isinstance(value, str) and _ric_is_valid(value)
     if len(value) == 18 and value.isascii() and value[:17].isdigit():
         last = value[17]
         if last != "x":
             return last == _ric_check_digit(value) and _ric_date_ok(value) and _ric_place_ok(value)
-    return ric.is_valid(value)
+    return _ric_is_valid(value)
+
+
+def _ric_is_valid(value: str) -> bool:
+    try:
+        return ric.is_valid(value)
+    except KeyError:  # stdnum 2.2: an area code whose province is known but county is not
+        return False
 
 
 _uscc_check_digit = uscc.calc_check_digit
@@ -105,7 +143,9 @@ def _stdnum_error(module: Any, value: Any) -> str | None:
         module.validate(value)
     except ValidationError as exc:
         return str(exc.message).rstrip(".").lower()
-    except Exception:  # stdnum raises plain errors on some odd inputs
+    except KeyError:  # stdnum.cn.ric: province known, county not
+        return "one of the parts of the number are invalid or unknown"
+    except Exception:
         return "the number has an invalid format"
     return None
 
