@@ -26,6 +26,7 @@ from .control import call
 from .enrol import register_with_token
 from .errors import ExnodeError
 from .state import open_state
+from .topics import Topics
 
 
 def exnode_cmd() -> list[str]:
@@ -45,6 +46,7 @@ class LocalStar:
         self.center_id = center_id
         self.bureaus = bureaus
         self.prefix = prefix or f"exn-test-{uuid.uuid4().hex[:8]}/v1"
+        self.topics = Topics(self.prefix)
         self.settings = settings or {}
         self.node_settings = node_settings or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

@@ -1,0 +1,73 @@
+"""Test helpers: craft packages as an attacker or a captured sender would, publish raw
+MQTT messages, read a node's state DB."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import cbor2
+
+from exnode.node import envelope
+from exnode.node import identity as idn
+from exnode.node.cluster import LocalStar
+from exnode.node.framing import frames
+from exnode.plugins.builtin.crypto_default import DefaultSuite
+
+SUITE = DefaultSuite()
+
+
+def members(star: LocalStar, node: str = "b1") -> dict[str, idn.Member]:
+    """The approved members as ``node`` knows them (from its cached global config)."""
+    keys = star.dir(node) / "keys"
+    ca = idn.x509.load_pem_x509_certificate((keys / idn.CA_CERT).read_bytes())
+    g = idn.verify_gconf((keys / idn.GCONF_CACHE).read_bytes(), ca)
+    return {m["id"]: idn.member_from_cert(m["cert"], ca) for m in g["members"]}
+
+
+def identity(star: LocalStar, node: str) -> idn.Identity:
+    return idn.Identity(node, star.dir(node) / "keys")
+
+
+def craft(star: LocalStar, *, src: str, to: str, kind: str = "data", resource: str = "t",
+          seq: int = 1, payload: bytes | None = None, signer: Any = None, ttl_s: int = 3600,
+          items: list[bytes] | None = None, rcpt_key_of: str | None = None) -> envelope.Package:
+    """A package claiming to come from ``src``; signed with ``src``'s real key unless
+    ``signer`` (another private key) is given."""
+    ms = members(star)
+    key = signer if signer is not None else identity(star, src).sign_key
+    if payload is None:
+        payload = cbor2.dumps(items if items is not None else [b"crafted"])
+    return envelope.build(suite=SUITE, sign_key=key, src=src, kind=kind,
+                          rcpt={to: ms[rcpt_key_of or to].enc_pub}, resource=resource, seq=seq,
+                          payload=payload, ttl_s=ttl_s)
+
+
+def publish_raw(host: str, port: int, topic: str, messages: list[bytes]) -> None:
+    async def go() -> None:
+        async with aiomqtt.Client(host, port, protocol=aiomqtt.ProtocolVersion.V311) as c:
+            for m in messages:
+                await c.publish(topic, m, qos=1)
+
+    asyncio.run(go())
+
+
+def publish_package(star: LocalStar, topic: str, wire: bytes, pkg_id: str = "x") -> None:
+    publish_raw(star.host, star.port, topic, list(frames(pkg_id, wire, 1_900_000)))
+
+
+def db_rows(star: LocalStar, node: str, sql: str, args: tuple = ()) -> list[tuple]:
+    db = sqlite3.connect(Path(star.dir(node)) / "state.db", timeout=30)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def refusals(star: LocalStar, node: str) -> list[tuple[str, str, str]]:
+    """(pkg_id, peer, reason) of every refusal in ``node``'s exchange log."""
+    return [tuple(r) for r in db_rows(star, node, "SELECT pkg_id, peer, reason FROM "
+                                      "exchange_log WHERE status='refused' ORDER BY id")]
