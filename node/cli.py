@@ -254,17 +254,21 @@ def send(ctx: click.Context, dest: str, resource: str, file: Any, count: int, si
     from .control import call
 
     cfg = _cfg(ctx)
-    if file is not None:
-        payloads = [file.read()] * count
-    else:
-        payloads = [f"{resource}:{i}:".encode().ljust(size, b".") for i in range(count)]
     queued = 0
-    for i in range(0, len(payloads), 500):
-        part = payloads[i:i + 500]
-        r = call(cfg.socket_path, "POST", "/send",
-                 {"to": dest, "resource": resource, "batch": batch,
-                  "payloads": [base64.b64encode(p).decode() for p in part]})
-        queued += r["queued"]
+    if file is None:  # synthetic payloads, made by the daemon itself
+        for i in range(0, count, 10_000):
+            r = call(cfg.socket_path, "POST", "/send",
+                     {"to": dest, "resource": resource, "batch": batch,
+                      "count": min(10_000, count - i), "size": size, "start": i},
+                     timeout=600)
+            queued += r["queued"]
+    else:
+        data = base64.b64encode(file.read()).decode()
+        for i in range(0, count, 100):
+            r = call(cfg.socket_path, "POST", "/send",
+                     {"to": dest, "resource": resource, "batch": batch,
+                      "payloads": [data] * min(100, count - i)}, timeout=600)
+            queued += r["queued"]
     _out({"queued": queued, "to": dest, "resource": resource}, as_json,
          f"queued {queued} message(s) for {dest} ({resource})")
 

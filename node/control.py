@@ -74,8 +74,12 @@ class ControlServer:
     async def send(self, req: web.Request) -> web.Response:
         body = await req.json()
         try:
-            payloads = [base64.b64decode(p) for p in body["payloads"]]
             dest, resource = str(body["to"]), str(body.get("resource", "default"))
+            if "payloads" in body:
+                payloads = [base64.b64decode(p) for p in body["payloads"]]
+            else:
+                payloads = synthetic(resource, int(body["count"]), int(body.get("size", 1024)),
+                                     bool(body.get("random")), int(body.get("start", 0)))
             if body.get("batch"):
                 for p in payloads:
                     await self.node.submit(dest, resource, p)
@@ -92,6 +96,23 @@ class ControlServer:
     async def flush(self, _req: web.Request) -> web.Response:
         await self.node.flush()
         return web.json_response({"ok": True})
+
+
+def synthetic(resource: str, count: int, size: int, random: bool = False,
+              start: int = 0) -> list[bytes]:
+    """Load-test payloads made in the daemon: ``resource:i:`` padded to ``size`` bytes
+    (or followed by random bytes, which do not compress)."""
+    if not 0 < count <= 10_000_000 or not 0 <= size <= 256 * 1024 * 1024:
+        raise ValueError("count must be 1..10,000,000 and size 0..256 MiB")
+    out = []
+    noise = os.urandom(size + 64) if random else b""
+    for i in range(start, start + count):
+        head = f"{resource}:{i}:".encode()
+        n = max(0, size - len(head))
+        # a different window of one random block each time: cheap, and still incompressible
+        tail = noise[i % 64:i % 64 + n] if random else b"." * n
+        out.append(head + tail)
+    return out
 
 
 def _cbor_list(p: bytes) -> bytes:

@@ -18,7 +18,7 @@ import random
 import signal
 import socket
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +27,7 @@ from typing import Any
 import aiomqtt
 import cbor2
 import structlog
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from . import envelope, exlog, registry
 from . import identity as idn
@@ -41,6 +41,7 @@ log = structlog.get_logger("exnode")
 
 # Small packets (receipts, acks) must not wait for Nagle's algorithm.
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+WIRE_CACHE_BYTES = 128 * 1024 * 1024
 DEFAULT_SUITE = "x25519-hkdf-sha256-aes256gcm-ed25519"
 RECEIPT = "receipt"
 
@@ -127,6 +128,8 @@ class Node:
         self._batch_bytes: dict[tuple[str, str], int] = defaultdict(int)
         self._batch_task: asyncio.Task[None] | None = None
         self._gconf_blob: bytes | None = None
+        self._wire_cache: OrderedDict[str, bytes] = OrderedDict()
+        self._wire_cache_bytes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = time.time()
         self.last_error = ""
@@ -233,6 +236,7 @@ class Node:
             next_attempt=now, attempts=0, status="pending"))
         self._log(conn, [{"pkg_id": pkg.header.id, "event": "created", "peer": dest,
                           "resource": resource, "kind": kind, "size": len(pkg.wire)}])
+        self._cache_wire(pkg.header.id, pkg.wire)
         return pkg.header.id
 
     def _enqueue_many(self, items: list[tuple[str, str, str, bytes]]) -> list[str]:
@@ -317,11 +321,14 @@ class Node:
     # --- outbox pump --------------------------------------------------------------------
 
     def _due(self, limit: int) -> list[dict[str, Any]]:
+        """Packages to publish now: retries that are due, then fresh ones as far as the
+        flow-control window allows. Blobs are read only for the rows chosen."""
         now = time.time()
         d = self.cfg.delivery
+        cols = (outbox.c.pkg_id, outbox.c.dest, outbox.c.attempts, outbox.c.kind,
+                outbox.c.resource, outbox.c.size)
         with self.engine.begin() as conn:
-            expired = conn.execute(select(outbox.c.pkg_id, outbox.c.dest, outbox.c.kind,
-                                          outbox.c.resource, outbox.c.size).where(
+            expired = conn.execute(select(*cols).where(
                 outbox.c.status == "pending", outbox.c.expires < now)).mappings().all()
             if expired:
                 conn.execute(outbox.update().where(outbox.c.pkg_id.in_(
@@ -335,45 +342,62 @@ class Node:
             inflight_n, inflight_b = conn.execute(
                 select(func.count(), func.coalesce(func.sum(outbox.c.size), 0)).where(
                     outbox.c.status == "pending", outbox.c.attempts > 0)).one()
-            retries = conn.execute(
-                select(outbox.c.pkg_id, outbox.c.dest, outbox.c.blob, outbox.c.attempts,
-                       outbox.c.kind, outbox.c.resource, outbox.c.size)
-                .where(outbox.c.status == "pending", outbox.c.attempts > 0,
-                       outbox.c.next_attempt <= now)
-                .order_by(outbox.c.created, outbox.c.pkg_id).limit(limit)).mappings().all()
-            rows = list(retries)
-            room_n = d.window_packages - inflight_n
+            rows = [dict(r) for r in conn.execute(
+                select(*cols).where(outbox.c.status == "pending", outbox.c.attempts > 0,
+                                    outbox.c.next_attempt <= now)
+                .order_by(outbox.c.created, outbox.c.pkg_id).limit(limit)).mappings()]
+            room_n = min(limit, d.window_packages - inflight_n)
             room_b = d.window_bytes - inflight_b
             if room_n > 0 and room_b > 0:
-                fresh = conn.execute(
-                    select(outbox.c.pkg_id, outbox.c.dest, outbox.c.blob, outbox.c.attempts,
-                           outbox.c.kind, outbox.c.resource, outbox.c.size)
-                    .where(outbox.c.status == "pending", outbox.c.attempts == 0)
-                    .order_by(outbox.c.created, outbox.c.pkg_id)
-                    .limit(min(limit, room_n))).mappings().all()
-                for r in fresh:
+                for r in conn.execute(
+                        select(*cols).where(outbox.c.status == "pending",
+                                            outbox.c.attempts == 0)
+                        .order_by(outbox.c.created, outbox.c.pkg_id).limit(room_n)).mappings():
                     if room_b <= 0:
                         break
-                    rows.append(r)
+                    rows.append(dict(r))
                     room_b -= r["size"]
-        return [dict(r) for r in rows]
+            missing = []
+            for r in rows:
+                wire = self._wire_cache.pop(r["pkg_id"], None)
+                if wire is None:
+                    missing.append(r["pkg_id"])
+                else:
+                    self._wire_cache_bytes -= len(wire)
+                    r["blob"] = wire
+            blobs: dict[str, bytes] = {}
+            for i in range(0, len(missing), 200):
+                blobs.update(conn.execute(select(outbox.c.pkg_id, outbox.c.blob).where(
+                    outbox.c.pkg_id.in_(missing[i:i + 200]))).tuples().all())
+            for r in rows:
+                if "blob" not in r:
+                    r["blob"] = blobs[r["pkg_id"]]
+        return rows
+
+    def _cache_wire(self, pkg_id: str, wire: bytes) -> None:
+        """Keep a just-queued package in memory so its first publish needs no read."""
+        self._wire_cache[pkg_id] = wire
+        self._wire_cache_bytes += len(wire)
+        while self._wire_cache_bytes > WIRE_CACHE_BYTES and self._wire_cache:
+            _k, old = self._wire_cache.popitem(last=False)
+            self._wire_cache_bytes -= len(old)
 
     def _mark_attempted(self, rows: list[dict[str, Any]]) -> None:
         now = time.time()
         d = self.cfg.delivery
         first = []
+        params = []
+        for r in rows:
+            delay = min(d.retry_initial_s * (2 ** r["attempts"]), d.retry_max_s)
+            params.append({"k": r["pkg_id"], "n": r["attempts"] + 1,
+                           "t": now + delay * random.uniform(0.8, 1.2)})
+            if r["attempts"] == 0:
+                first.append({"pkg_id": r["pkg_id"], "event": "sent", "peer": r["dest"],
+                              "resource": r["resource"], "kind": r["kind"], "size": r["size"]})
         with self.engine.begin() as conn:
-            for r in rows:
-                delay = min(d.retry_initial_s * (2 ** r["attempts"]), d.retry_max_s)
-                delay *= random.uniform(0.8, 1.2)
-                conn.execute(outbox.update().where(outbox.c.pkg_id == r["pkg_id"],
-                                                   outbox.c.status == "pending")
-                             .values(attempts=outbox.c.attempts + 1,
-                                     next_attempt=now + delay))
-                if r["attempts"] == 0:
-                    first.append({"pkg_id": r["pkg_id"], "event": "sent", "peer": r["dest"],
-                                  "resource": r["resource"], "kind": r["kind"],
-                                  "size": r["size"]})
+            conn.execute(outbox.update().where(outbox.c.pkg_id == bindparam("k"),
+                                               outbox.c.status == "pending")
+                         .values(attempts=bindparam("n"), next_attempt=bindparam("t")), params)
             if first:
                 self._log(conn, first)
 
@@ -387,10 +411,14 @@ class Node:
         while not self._stop.is_set():
             await self._connected.wait()
             self._wake.clear()  # before looking, so a wake-up during the look is not lost
+            t0 = time.perf_counter()
             rows = await self.db(self._due, 512)
             if rows:
+                t1 = time.perf_counter()
                 ok = await self._publish_many([(self._topic_for(r["dest"]), r["blob"],
                                                 r["pkg_id"]) for r in rows])
+                log.debug("outbox_published", n=len(rows), due_ms=round((t1 - t0) * 1000, 1),
+                          publish_ms=round((time.perf_counter() - t1) * 1000, 1))
                 sent = [r for r, good in zip(rows, ok, strict=True) if good]
                 if sent:
                     await self.db(self._mark_attempted, sent)
@@ -447,7 +475,10 @@ class Node:
                     log.error("message_failed", topic=topic, error=f"{type(e).__name__}: {e}")
             if wires:
                 try:
+                    t0 = time.perf_counter()
                     res: BatchResult = await self.db(self._process_batch, wires)
+                    log.debug("batch_processed", n=len(wires),
+                              ms=round((time.perf_counter() - t0) * 1000, 1))
                 except Exception as e:
                     log.error("batch_failed", error=f"{type(e).__name__}: {e}", n=len(wires))
                     continue
@@ -654,16 +685,20 @@ class Node:
             select(outbox.c.pkg_id, outbox.c.dest, outbox.c.kind, outbox.c.resource,
                    outbox.c.size).where(outbox.c.pkg_id.in_(ids), outbox.c.status == "pending",
                                         outbox.c.dest == h.src))}
+        settled = []
         for pkg_id, status, reason in acks:
             row = pending.get(pkg_id)
             if row is None:
                 continue  # already settled, or not ours to settle
             final = "delivered" if status == "applied" else "refused"
-            conn.execute(outbox.update().where(outbox.c.pkg_id == pkg_id).values(
-                status=final, done_at=now, reason=reason or None))
+            settled.append({"k": pkg_id, "s": final, "r": reason or None})
             entries.append({"pkg_id": pkg_id, "event": "receipt", "peer": h.src,
                             "resource": row.resource, "kind": row.kind, "size": row.size,
                             "status": final, "reason": reason})
+        if settled:
+            # The package's bytes are no longer needed once settled; its trace is in the log.
+            conn.execute(outbox.update().where(outbox.c.pkg_id == bindparam("k")).values(
+                status=bindparam("s"), done_at=now, reason=bindparam("r"), blob=b""), settled)
         if entries:
             self._log(conn, entries)
             self.counters["receipts"] += len(entries)
@@ -671,7 +706,8 @@ class Node:
         n = conn.execute(outbox.update().where(
             outbox.c.status == "pending", outbox.c.dest == h.src, outbox.c.attempts > 0,
             outbox.c.next_attempt > now + 1.0).values(next_attempt=now)).rowcount
-        res.wake_outbox = res.wake_outbox or bool(n)
+        # Settled packages free room in the flow-control window: wake the pump either way.
+        res.wake_outbox = res.wake_outbox or bool(n) or bool(settled)
 
     # --- global configuration and enrolment ---------------------------------------------
 
@@ -950,7 +986,8 @@ def configure_logging(level: str = "info", json: bool = True) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
-    logging.getLogger("aiomqtt").setLevel(logging.WARNING)
+    # aiomqtt warns about every queue of pending publishes; our own counters say more.
+    logging.getLogger("aiomqtt").setLevel(logging.ERROR)
 
 
 def run_node(cfg: Config) -> None:

@@ -2,7 +2,7 @@
 
 Wire form: ``EXN\\x01`` followed by the CBOR array ``[header, sealed, signature]``,
 where ``header`` is the canonical CBOR encoding of the header map (so the signature
-is stable) and the signature covers ``header || sealed``.
+is stable) and the signature covers the header and the SHA-256 of ``sealed``.
 """
 
 from __future__ import annotations
@@ -93,7 +93,15 @@ class Package:
 
     @property
     def signed_bytes(self) -> bytes:
-        return self.header_raw + self.sealed
+        return signed_bytes(self.header_raw, self.sealed)
+
+
+def signed_bytes(header_raw: bytes, sealed: bytes) -> bytes:
+    """What the signature covers: the header and the SHA-256 of the sealed payload.
+
+    Signing the digest rather than the payload itself keeps signing and verification
+    cheap for large packages (Ed25519 would hash a megabyte twice to sign it)."""
+    return b"exnode-package-v1\0" + header_raw + hashlib.sha256(sealed).digest()
 
 
 def now_ms() -> int:
@@ -112,7 +120,7 @@ def build(*, suite: Any, sign_key: Any, src: str, kind: str, rcpt: dict[str, Any
     raw = header.encode()
     aad = hashlib.sha256(raw).digest()
     sealed = suite.seal(_zc().compress(payload), rcpt, aad)
-    sig = suite.sign(sign_key, raw + sealed)
+    sig = suite.sign(sign_key, signed_bytes(raw, sealed))
     wire = MAGIC + cbor2.dumps([raw, sealed, sig])
     return Package(header, raw, sealed, sig, wire)
 

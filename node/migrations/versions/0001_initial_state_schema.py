@@ -80,7 +80,6 @@ def upgrade() -> None:
     sa.Column('kind', sa.String(length=32), nullable=False),
     sa.Column('resource', sa.String(length=128), nullable=False),
     sa.Column('seq', sa.BigInteger(), nullable=False),
-    sa.Column('blob', sa.LargeBinary(), nullable=False),
     sa.Column('size', sa.Integer(), nullable=False),
     sa.Column('created', sa.Float(), nullable=False),
     sa.Column('expires', sa.Float(), nullable=False),
@@ -89,6 +88,7 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('done_at', sa.Float(), nullable=True),
     sa.Column('reason', sa.Text(), nullable=True),
+    sa.Column('blob', sa.LargeBinary(), nullable=False),
     sa.PrimaryKeyConstraint('pkg_id')
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
@@ -107,8 +107,8 @@ def upgrade() -> None:
     sa.Column('resource', sa.String(length=128), nullable=False),
     sa.Column('seq', sa.BigInteger(), nullable=False),
     sa.Column('item', sa.Integer(), nullable=False),
-    sa.Column('payload', sa.LargeBinary(), nullable=False),
     sa.Column('received_at', sa.Float(), nullable=False),
+    sa.Column('payload', sa.LargeBinary(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('received', schema=None) as batch_op:
