@@ -372,6 +372,10 @@ class Node:
             for r in rows:
                 if "blob" not in r:
                     r["blob"] = blobs[r["pkg_id"]]
+            if rows:
+                # Claimed in the same transaction: attempts and the next retry time move now,
+                # so the pump never needs a second round trip per batch.
+                self._mark_attempted(conn, rows)
         return rows
 
     def _cache_wire(self, pkg_id: str, wire: bytes) -> None:
@@ -382,7 +386,7 @@ class Node:
             _k, old = self._wire_cache.popitem(last=False)
             self._wire_cache_bytes -= len(old)
 
-    def _mark_attempted(self, rows: list[dict[str, Any]]) -> None:
+    def _mark_attempted(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         now = time.time()
         d = self.cfg.delivery
         first = []
@@ -394,12 +398,18 @@ class Node:
             if r["attempts"] == 0:
                 first.append({"pkg_id": r["pkg_id"], "event": "sent", "peer": r["dest"],
                               "resource": r["resource"], "kind": r["kind"], "size": r["size"]})
+        conn.execute(outbox.update().where(outbox.c.pkg_id == bindparam("k"),
+                                           outbox.c.status == "pending")
+                     .values(attempts=bindparam("n"), next_attempt=bindparam("t")), params)
+        if first:
+            self._log(conn, first)
+
+    def _retry_soon(self, pkg_ids: list[str]) -> None:
+        """Publishing failed (the connection dropped): try these again shortly."""
         with self.engine.begin() as conn:
-            conn.execute(outbox.update().where(outbox.c.pkg_id == bindparam("k"),
+            conn.execute(outbox.update().where(outbox.c.pkg_id.in_(pkg_ids),
                                                outbox.c.status == "pending")
-                         .values(attempts=bindparam("n"), next_attempt=bindparam("t")), params)
-            if first:
-                self._log(conn, first)
+                         .values(next_attempt=time.time() + 0.5))
 
     def _next_due_in(self) -> float:
         with self.engine.connect() as conn:
@@ -419,11 +429,10 @@ class Node:
                                                 r["pkg_id"]) for r in rows])
                 log.debug("outbox_published", n=len(rows), due_ms=round((t1 - t0) * 1000, 1),
                           publish_ms=round((time.perf_counter() - t1) * 1000, 1))
-                sent = [r for r, good in zip(rows, ok, strict=True) if good]
-                if sent:
-                    await self.db(self._mark_attempted, sent)
-                    self.counters["published"] += len(sent)
-                if len(sent) < len(rows):
+                failed = [r["pkg_id"] for r, good in zip(rows, ok, strict=True) if not good]
+                self.counters["published"] += len(rows) - len(failed)
+                if failed:
+                    await self.db(self._retry_soon, failed)
                     await asyncio.sleep(0.5)
                 continue
             wait = min(await self.db(self._next_due_in), 1.0)
