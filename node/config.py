@@ -121,6 +121,101 @@ class PluginsSection(_Model):
                                description="Entry-point names of plugins not to load.")
 
 
+DURATION_RE = r"^\d+(\.\d+)?(ms|s|m|h|d)$"
+
+
+def parse_duration(text: str) -> float:
+    """'500ms', '10s', '5m', '2h', '1d' -> seconds."""
+    m = re.match(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$", text.strip())
+    if not m:
+        raise ValueError(f"'{text}' is not a duration (e.g. 30s, 5m, 2h, 1d)")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+class DatabaseSpec(_Model):
+    url: str = Field(description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db, "
+                     "mysql+pymysql://user@host/db, sqlite:///path.db. Put no password "
+                     "here: use password_file.")
+    password_file: str | None = Field(None, description="File holding the password.")
+
+
+class ScheduleSpec(_Model):
+    every: str | None = Field(None, pattern=DURATION_RE, description="Run every interval, "
+                              "e.g. 30s, 5m.")
+    cron: str | None = Field(None, description="Cron expression (croniter), e.g. '*/5 * * * *'.")
+    continuous: bool = Field(False, description="Run again as soon as a cycle ends (trigger "
+                             "capture on PostgreSQL wakes at once on NOTIFY).")
+
+    @model_validator(mode="after")
+    def _one(self) -> ScheduleSpec:
+        n = sum(x is not None and x is not False for x in (self.every, self.cron,
+                                                           self.continuous or None))
+        if n > 1:
+            raise ValueError("give one of every, cron, continuous")
+        if self.cron is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(self.cron):
+                raise ValueError(f"'{self.cron}' is not a valid cron expression")
+        return self
+
+
+class CaptureSpec(_Model):
+    strategy: Literal["snapshot", "incremental", "trigger"] = Field(
+        "snapshot", description="snapshot: full read and hash diff (finds deletes on any "
+        "database); incremental: watermark column; trigger: change table filled by triggers "
+        "that exnode installs.")
+    column: str | None = Field(None, description="incremental: timestamp or version column.")
+    schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(every="60s"),
+                                   description="When to capture.")
+    chunk_rows: int = Field(5000, ge=1, le=1_000_000, description="Rows per package.")
+
+
+class ResourceSpec(_Model):
+    database: str = Field(description="Name of a connection in 'databases'.")
+    table: str | None = Field(None, description="Table the resource maps.")
+    query: str | None = Field(None, description="Read-only query the resource maps (instead "
+                              "of a table; snapshot capture only).")
+    db_schema: str | None = Field(None, alias="schema", description="Database schema of the "
+                                  "table.")
+    key: list[str] = Field(min_length=1, description="Primary-key fields.")
+    fields: list[str] | None = Field(None, description="Fields to exchange (default: all).")
+    owner: str | None = Field(None, description="Node that owns the data (谁拥有数据谁更新).")
+    owner_column: str | None = Field(None, description="Column naming each row's owner, "
+                                     "instead of 'owner'.")
+    direction: Literal["upload", "distribute", "both"] = Field(
+        "upload", description="upload: bureau to center; distribute: center to subscribers; "
+        "both: both ways.")
+    capture: CaptureSpec | None = Field(None, description="How changes are found here "
+                                        "(omit on a node that only receives).")
+    target_table: str | None = Field(None, description="Apply received changes into this "
+                                     "table (default: 'table').")
+    conflict: Literal["owner-wins", "newer-wins", "center-wins", "manual"] = Field(
+        "owner-wins", description="What the center does when changes collide.")
+    version_column: str | None = Field(None, description="newer-wins: timestamp or version "
+                                       "column that decides.")
+    freshness: str | None = Field(None, pattern=DURATION_RE, description="Expected update "
+                                  "frequency; older resources are flagged in status.")
+    subscribers: list[str] = Field(default_factory=list, description="(center) bureaus that "
+                                   "receive this resource's changes.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> ResourceSpec:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of table and query")
+        if self.query is not None and self.capture is not None \
+                and self.capture.strategy != "snapshot":
+            raise ValueError("a query resource can only use snapshot capture")
+        if self.capture is not None and self.capture.strategy == "incremental" \
+                and not self.capture.column:
+            raise ValueError("incremental capture needs capture.column")
+        if self.conflict == "newer-wins" and not self.version_column:
+            raise ValueError("newer-wins needs version_column")
+        return self
+
+
 class Config(_Model):
     node: NodeSection
     broker: BrokerSection = Field(default_factory=BrokerSection)
@@ -131,9 +226,11 @@ class Config(_Model):
     gconf: GconfSection = Field(default_factory=GconfSection)
     log: LogSection = Field(default_factory=LogSection)
     plugins: PluginsSection = Field(default_factory=PluginsSection)
-    resources: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Per-resource settings (used by adapters and "
-        "strategies).")
+    databases: dict[str, DatabaseSpec] = Field(
+        default_factory=dict, description="Named database connections (business DB, shared "
+        "library 共享库).")
+    resources: dict[str, ResourceSpec] = Field(
+        default_factory=dict, description="Information resources this node exchanges, by id.")
 
     @model_validator(mode="before")
     @classmethod
@@ -142,6 +239,15 @@ class Config(_Model):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None or k == "node"}
         return data
+
+    def cross_check(self) -> list[tuple[tuple, str]]:
+        """Problems between sections, as (path, message)."""
+        out = []
+        for rid, r in self.resources.items():
+            if r.database not in self.databases:
+                out.append((("resources", rid, "database"), f"database '{r.database}' is not "
+                            "defined in 'databases'"))
+        return out
 
     # Not part of the file: where it was loaded from.
     source: str = Field("<memory>", exclude=True, description="(internal)")
@@ -235,6 +341,9 @@ def parse_config(text: str, source: str = "<memory>") -> Config:
             msg = "required setting is missing"
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise ConfigError(f"{source}:{line}: {where}: {msg}{more}") from None
+    for path, msg in cfg.cross_check():
+        line = lines.get(path, lines.get(path[:2], 1))
+        raise ConfigError(f"{source}:{line}: {'.'.join(map(str, path))}: {msg}")
     cfg.source = source
     return cfg
 
