@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -250,7 +251,11 @@ class Config(_Model):
         return out
 
     # Not part of the file: where it was loaded from.
-    source: str = Field("<memory>", exclude=True, description="(internal)")
+    _source: str = PrivateAttr("<memory>")
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @property
     def base_dir(self) -> Path:
@@ -297,8 +302,13 @@ def _load_with_lines(text: str, name: str) -> tuple[Any, dict[tuple, int]]:
         def walk(node: yaml.Node, path: tuple) -> None:
             lines.setdefault(path, node.start_mark.line + 1)
             if isinstance(node, yaml.MappingNode):
+                seen: set[Any] = set()
                 for k, v in node.value:
                     key = k.value
+                    if key in seen:
+                        raise ConfigError(f"{name}:{k.start_mark.line + 1}: "
+                                          f"'{key}' is given twice")
+                    seen.add(key)
                     lines[(*path, key)] = k.start_mark.line + 1
                     walk(v, (*path, key))
             elif isinstance(node, yaml.SequenceNode):
@@ -344,7 +354,7 @@ def parse_config(text: str, source: str = "<memory>") -> Config:
     for path, msg in cfg.cross_check():
         line = lines.get(path, lines.get(path[:2], 1))
         raise ConfigError(f"{source}:{line}: {'.'.join(map(str, path))}: {msg}")
-    cfg.source = source
+    cfg._source = source
     return cfg
 
 
@@ -352,11 +362,16 @@ def load_config(path: str | Path) -> Config:
     """Load the node's YAML file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file (create one with 'exnode init')") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (save the file as UTF-8)") from None
     return parse_config(text, str(p))
 
 

@@ -80,6 +80,11 @@ class ApplyContext:
         self.replies.append((self.header.src, kind, self.header.res if resource is None
                              else resource, payload))
 
+    def send(self, dest: str, kind: str, payload: bytes, resource: str | None = None) -> None:
+        """Send a package to any member, queued in this same transaction."""
+        self.replies.append((dest, kind, self.header.res if resource is None else resource,
+                             payload))
+
     def after_commit(self, fn: Callable[[], None]) -> None:
         self.after.append(fn)
 
@@ -128,6 +133,7 @@ class Node:
         self._batch_bytes: dict[tuple[str, str], int] = defaultdict(int)
         self._batch_task: asyncio.Task[None] | None = None
         self._gconf_blob: bytes | None = None
+        self._spawned: list[asyncio.Task[Any]] = []
         self._wire_cache: OrderedDict[str, bytes] = OrderedDict()
         self._wire_cache_bytes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -765,6 +771,12 @@ class Node:
                 cbor2.CBORDecodeError) as e:
             log.warning("enrol_refused", node=node_id, reason=str(e))
             await self.db(self._log_event, "enrol", node_id, "refused", str(e))
+            # Say so at once (unauthenticated: we may not share a secret with the asker),
+            # so that the bureau does not wait out its timeout.
+            if self._client is not None and self.topics.enrol(node_id) == topic:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await self._client.publish(self.topics.enrol_reply(node_id),
+                                               cbor2.dumps({"refused": str(e)[:200]}), qos=1)
             return
         reply["ts"] = time.time()
         body = cbor2.dumps(reply, canonical=True)
@@ -936,6 +948,20 @@ class Node:
             if not self._stop.is_set():
                 await self.publish_gconf()
 
+    def spawn(self, coro: Any, name: str = "") -> asyncio.Task[Any]:
+        """Start a background task (for plugins); it is cancelled when the node stops."""
+        task = asyncio.get_running_loop().create_task(self._guard(coro, name))
+        self._spawned.append(task)
+        return task
+
+    async def _guard(self, coro: Any, name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.error("task_failed", task=name, error=f"{type(e).__name__}: {e}")
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -951,6 +977,7 @@ class Node:
         tasks = [asyncio.create_task(c) for c in (self._mqtt_loop(), self._outbox_loop(),
                                                   self._inbound_loop(), self._periodic(),
                                                   self._gconf_refresh())]
+        tasks += self._spawned
         log.info("node_started", node=self.id, role=self.role, pid=os.getpid(),
                  socket=str(self.cfg.socket_path), members=len(self.directory.members))
         if ready:

@@ -36,6 +36,8 @@ def register_with_token(cfg: Config, cfg_path: Path, token: str,
     reply = asyncio.run(_exchange(cfg, tok, cbor2.dumps(req), timeout))
     try:
         outer = cbor2.loads(reply)
+        if "refused" in outer:
+            raise IdentityError(f"the center refused the enrolment: {outer['refused']}")
         body = bytes(outer["body"])
         if not hmac.compare_digest(idn.enrol_mac(tok["secret"], body), bytes(outer["mac"])):
             raise IdentityError("the answer to enrolment failed authentication")

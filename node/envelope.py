@@ -66,7 +66,7 @@ class Header:
             h = cls(id=str(d["id"]), kind=str(d["kind"]), src=str(d["src"]),
                     rcpt=[str(r) for r in d["rcpt"]], res=str(d["res"]), seq=int(d["seq"]),
                     created=int(d["created"]), expires=int(d["expires"]),
-                    phash=bytes(d["phash"]), size=int(d["size"]), codec=str(d["codec"]),
+                    phash=_b(d["phash"]), size=int(d["size"]), codec=str(d["codec"]),
                     suite=str(d["suite"]), v=int(d["v"]), extra=dict(d.get("x") or {}))
         except Exception:
             raise PackageError("malformed", "header is not a valid exnode header") from None
@@ -75,6 +75,13 @@ class Header:
         if not h.rcpt:
             raise PackageError("malformed", "header names no recipient")
         return h
+
+
+def _b(v: object) -> bytes:
+    # bytes(n) of an int would make n zero bytes: untrusted values must already be bytes
+    if not isinstance(v, bytes):
+        raise ValueError("expected a byte string")
+    return v
 
 
 @dataclass
@@ -133,7 +140,8 @@ def parse(wire: bytes, max_bytes: int) -> Package:
         raise PackageError("malformed", "not an exnode package")
     try:
         raw, sealed, sig = cbor2.loads(wire[len(MAGIC):])
-        raw, sealed, sig = bytes(raw), bytes(sealed), bytes(sig)
+        if not all(isinstance(x, bytes) for x in (raw, sealed, sig)):
+            raise ValueError
     except Exception:
         raise PackageError("malformed", "package body is not [header, sealed, signature]") \
             from None
@@ -162,6 +170,11 @@ def open_payload(pkg: Package, suites: dict[str, Any], my_id: str, enc_key: Any,
         raise PackageError("oversize", f"payload of {h.size} bytes > limit {max_bytes}")
     compressed = suites[h.suite].open(pkg.sealed, my_id, enc_key, pkg.aad)
     try:
+        # zstd trusts the size a frame declares over max_output_size: check it first, so a
+        # small frame cannot make us allocate more than the signed header allows.
+        declared = zstandard.get_frame_parameters(compressed).content_size
+        if declared not in (h.size, zstandard.CONTENTSIZE_UNKNOWN):
+            raise PackageError("hash-mismatch", "payload size does not match the header")
         payload = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=h.size)
     except zstandard.ZstdError:
         raise PackageError("malformed", "payload does not decompress") from None

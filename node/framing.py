@@ -55,8 +55,10 @@ class Reassembler:
             raise PackageError("malformed", "unknown frame type")
         try:
             pkg_id, idx, count, digest, data = cbor2.loads(body)
-            pkg_id, idx, count, digest = str(pkg_id), int(idx), int(count), bytes(digest)
-            data = bytes(data)
+            if not (isinstance(pkg_id, str) and isinstance(idx, int) and isinstance(count, int)
+                    and isinstance(digest, bytes) and len(digest) == 32
+                    and isinstance(data, bytes)):
+                raise ValueError
         except Exception:
             raise PackageError("malformed", "chunk frame is not readable") from None
         if not (0 <= idx < count) or count > 1 + self.max_bytes // 1024:

@@ -202,6 +202,8 @@ def make_token(*, center_id: str, host: str, port: int, ca_fp: str, node_id: str
     """A one-time enrolment token: where the center is, whom to trust, and a secret."""
     body = cbor2.dumps({"c": center_id, "h": host, "p": port, "f": ca_fp, "n": node_id,
                         "s": secret, "e": expires, "t": prefix}, canonical=True)
+    # A short checksum, so that a token damaged in copying is told apart from a valid one.
+    body += hashlib.sha256(body).digest()[:4]
     return TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
 
 
@@ -211,7 +213,11 @@ def parse_token(token: str) -> dict[str, Any]:
         raise IdentityError("not an exnode enrolment token (it should start with 'exn1.')")
     b64 = token[len(TOKEN_PREFIX):]
     try:
-        d = cbor2.loads(base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)))
+        raw = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+        body, check = raw[:-4], raw[-4:]
+        if len(raw) < 8 or hashlib.sha256(body).digest()[:4] != check:
+            raise ValueError("checksum")
+        d = cbor2.loads(body)
         out = {"center_id": str(d["c"]), "host": str(d["h"]), "port": int(d["p"]),
                "ca_fp": str(d["f"]), "node_id": str(d["n"]), "secret": bytes(d["s"]),
                "expires": int(d["e"]), "prefix": str(d.get("t", "exn/v1"))}

@@ -1,0 +1,266 @@
+"""The exchange log's hash chain and signed head, on SQLite and on PostgreSQL: every
+edited, deleted or cut-off row is found and named."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy import Engine, delete, func, select, update
+
+from exnode.node import exlog
+from exnode.node.state import exchange_log, meta, open_state
+
+KEY = ed25519.Ed25519PrivateKey.generate()
+OTHER = ed25519.Ed25519PrivateKey.generate()
+
+
+def checker(key: ed25519.Ed25519PrivateKey) -> Callable[[bytes, bytes], bool]:
+    pub = key.public_key()
+
+    def check(sig: bytes, body: bytes) -> bool:
+        try:
+            pub.verify(sig, body)
+            return True
+        except Exception:
+            return False
+
+    return check
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def eng(request, tmp_path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    e = open_state(url)
+    yield e
+    e.dispose()
+
+
+def entry(n: int) -> dict:
+    return {"pkg_id": f"pkg-{n:04d}", "event": "sent", "peer": f"b{n % 3}",
+            "resource": "res.a", "kind": "data", "size": 100 + n, "status": "ok",
+            "reason": ""}
+
+
+def append(eng: Engine, entries: list[dict], key=KEY) -> None:
+    with eng.begin() as conn:
+        exlog.append(conn, entries, key.sign)
+
+
+def fill(eng: Engine, n: int = 10) -> None:
+    # several transactions of different sizes
+    i = 0
+    for size in (1, 3, 2, 4, 1, 5, 2):
+        if i >= n:
+            break
+        append(eng, [entry(j) for j in range(i + 1, min(n, i + size) + 1)])
+        i += size
+
+
+def verify(eng: Engine, key=KEY) -> exlog.VerifyResult:
+    with eng.connect() as conn:
+        return exlog.verify(conn, checker(key))
+
+
+def execute(eng: Engine, stmt) -> None:
+    with eng.begin() as conn:
+        conn.execute(stmt)
+
+
+def rows(eng: Engine) -> list[dict]:
+    with eng.connect() as conn:
+        return [dict(r) for r in conn.execute(
+            select(exchange_log).order_by(exchange_log.c.id)).mappings()]
+
+
+# --- intact logs -------------------------------------------------------------------------
+
+def test_empty_log_verifies(eng):
+    res = verify(eng)
+    assert res.ok and res.rows == 0
+
+
+def test_append_then_verify(eng):
+    fill(eng, 10)
+    res = verify(eng)
+    assert res.ok, res.problem
+    assert res.rows == 10
+    rs = rows(eng)
+    assert [r["id"] for r in rs] == list(range(1, 11))
+    assert rs[0]["prev_hash"] == exlog.GENESIS
+    assert all(rs[i]["prev_hash"] == rs[i - 1]["hash"] for i in range(1, 10))
+    assert rs[4]["pkg_id"] == "pkg-0005" and rs[4]["size"] == 105
+    assert len({r["hash"] for r in rs}) == 10
+
+
+def test_defaults_for_missing_fields(eng):
+    append(eng, [{"event": "enrol"}])
+    r = rows(eng)[0]
+    assert (r["pkg_id"], r["peer"], r["size"], r["status"], r["reason"]) == ("", "", 0, "ok", "")
+    assert verify(eng).ok
+
+
+def test_appending_nothing_changes_nothing(eng):
+    append(eng, [])
+    assert rows(eng) == []
+    assert verify(eng).ok
+
+
+def test_log_survives_reopening(eng):
+    fill(eng, 6)
+    url = eng.url.render_as_string(hide_password=False)
+    again = open_state(url)
+    try:
+        append(again, [entry(7)])
+        res = verify(again)
+        assert res.ok and res.rows == 7, res.problem
+    finally:
+        again.dispose()
+
+
+def test_many_appends_in_separate_transactions(eng):
+    for n in range(1, 151):
+        append(eng, [entry(n)])
+    res = verify(eng)
+    assert res.ok and res.rows == 150, res.problem
+
+
+def test_concurrent_appends_keep_the_chain(eng):
+    errors: list[BaseException] = []
+
+    def worker(w: int) -> None:
+        try:
+            for n in range(20):
+                append(eng, [entry(w * 100 + n), entry(w * 100 + n + 50)])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    res = verify(eng)
+    assert res.ok and res.rows == 4 * 20 * 2, res.problem
+    assert [r["id"] for r in rows(eng)] == list(range(1, 161))
+
+
+# --- tampering ----------------------------------------------------------------------------
+
+EDITS = {"status": "refused", "reason": "nothing to see", "peer": "b9", "size": 1,
+         "pkg_id": "pkg-9999", "event": "applied", "ts": 1.0, "resource": "res.b",
+         "kind": "ping", "prev_hash": "0" * 64}
+
+
+def test_edited_row_is_named(eng):
+    fill(eng, 10)
+    original = rows(eng)[3]
+    for field, value in EDITS.items():
+        execute(eng, update(exchange_log).where(exchange_log.c.id == 4).values({field: value}))
+        res = verify(eng)
+        assert not res.ok, field
+        assert res.bad_row == 4, (field, res)
+        assert "row 4" in res.problem, (field, res)
+        # put it back: the chain is whole again
+        execute(eng, update(exchange_log).where(exchange_log.c.id == 4)
+                .values({field: original[field]}))
+        assert verify(eng).ok, field
+
+
+def test_edited_hash_is_named(eng):
+    fill(eng, 10)
+    execute(eng, update(exchange_log).where(exchange_log.c.id == 6).values(hash="f" * 64))
+    res = verify(eng)
+    assert not res.ok and res.bad_row == 6
+
+
+def test_edited_row_with_recomputed_hash_is_found_at_the_next_row(eng):
+    fill(eng, 10)
+    r = rows(eng)[4]
+    r["status"] = "refused"
+    new = exlog.row_hash(r["id"], r["ts"], r, r["prev_hash"])
+    execute(eng, update(exchange_log).where(exchange_log.c.id == 5)
+            .values(status="refused", hash=new))
+    res = verify(eng)
+    assert not res.ok and res.bad_row == 6
+    assert "row 6" in res.problem
+
+
+def test_deleted_middle_row_is_named(eng):
+    fill(eng, 10)
+    execute(eng, delete(exchange_log).where(exchange_log.c.id == 5))
+    res = verify(eng)
+    assert not res.ok
+    assert res.bad_row == 5
+    assert "row 5" in res.problem and "missing" in res.problem
+    execute(eng, delete(exchange_log).where(exchange_log.c.id == 1))
+    res = verify(eng)
+    assert not res.ok and res.bad_row == 1 and "row 1 " in res.problem
+
+
+def test_rows_cut_off_the_end_are_detected(eng):
+    fill(eng, 10)
+    for last in (9, 7):
+        execute(eng, delete(exchange_log).where(exchange_log.c.id > last))
+        res = verify(eng)
+        assert not res.ok
+        assert "cut off" in res.problem
+        assert "row 10" in res.problem and f"row {last}" in res.problem
+
+
+def test_all_rows_deleted_is_detected(eng):
+    fill(eng, 5)
+    execute(eng, delete(exchange_log))
+    res = verify(eng)
+    assert not res.ok
+    assert "row 5" in res.problem
+
+
+def test_head_signed_by_another_key_fails(eng):
+    fill(eng, 4)
+    append(eng, [entry(5)], key=OTHER)
+    res = verify(eng)
+    assert not res.ok
+    assert res.bad_row == 5
+    assert "signature" in res.problem
+    assert verify(eng, key=OTHER).ok
+
+
+def test_truncated_log_with_a_forged_head_fails(eng):
+    # Cut rows off and move the head back: without the node's key its signature fails.
+    fill(eng, 10)
+    execute(eng, delete(exchange_log).where(exchange_log.c.id > 7))
+    last = rows(eng)[-1]
+    body = exlog._head_body(7, last["hash"])
+    head = cbor2.dumps({"id": 7, "hash": last["hash"], "sig": OTHER.sign(body)})
+    execute(eng, update(meta).where(meta.c.key == exlog.HEAD_KEY).values(value=head))
+    res = verify(eng)
+    assert not res.ok and "signature" in res.problem
+    # the same head signed with the node's key would pass: the key is what protects it
+    head = cbor2.dumps({"id": 7, "hash": last["hash"], "sig": KEY.sign(body)})
+    execute(eng, update(meta).where(meta.c.key == exlog.HEAD_KEY).values(value=head))
+    assert verify(eng).ok
+
+
+def test_deleted_head_is_detected(eng):
+    fill(eng, 3)
+    execute(eng, delete(meta).where(meta.c.key == exlog.HEAD_KEY))
+    res = verify(eng)
+    assert not res.ok and "head" in res.problem
+
+
+def test_appending_after_a_deletion_does_not_hide_it(eng):
+    fill(eng, 6)
+    execute(eng, delete(exchange_log).where(exchange_log.c.id == 6))
+    append(eng, [entry(7), entry(8)])
+    res = verify(eng)
+    assert not res.ok and res.bad_row == 6
+    with eng.connect() as conn:
+        assert conn.execute(select(func.max(exchange_log.c.id))).scalar() == 8

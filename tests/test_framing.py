@@ -1,0 +1,222 @@
+"""Transport frames: whole packages or chunks, and a bounded reassembler that refuses
+anything inconsistent with a PackageError."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import cbor2
+import pytest
+
+from exnode.node.errors import PackageError
+from exnode.node.framing import CHUNK, WHOLE, Reassembler, frames
+
+PKG_ID = "0195f3c1-7d2e-7c4b-8a8e-0123456789ab"  # a uuid7, like every package id
+
+
+def rand(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def chunk(pkg_id: str, idx, count, digest, data) -> bytes:
+    return CHUNK + cbor2.dumps([pkg_id, idx, count, digest, data])
+
+
+def feed_all(r: Reassembler, fs: list[bytes]) -> list[bytes | None]:
+    return [r.feed(f) for f in fs]
+
+
+def refused(r: Reassembler, frame: bytes) -> PackageError:
+    with pytest.raises(PackageError) as ei:
+        r.feed(frame)
+    return ei.value
+
+
+# --- frames() ---------------------------------------------------------------------------
+
+def test_small_package_is_one_whole_frame():
+    wire = rand(1000)
+    assert list(frames(PKG_ID, wire, 4096)) == [WHOLE + wire]
+
+
+def test_whole_frame_boundary():
+    wire = rand(4095)
+    assert list(frames(PKG_ID, wire, 4096)) == [WHOLE + wire]
+    fs = list(frames(PKG_ID, rand(4096), 4096))
+    assert len(fs) == 2
+    assert all(f.startswith(CHUNK) and len(f) <= 4096 for f in fs)
+
+
+@pytest.mark.parametrize("size,max_message", [
+    (10_000, 4096), (1_000_000, 4096), (3_000_000, 1_900_000), (5 << 20, 65536),
+    (1_900_001, 1_900_000),
+])
+def test_frames_split_large_packages_within_the_limit(size, max_message):
+    wire = rand(size, seed=size)
+    fs = list(frames(PKG_ID, wire, max_message))
+    assert len(fs) > 1
+    assert all(f.startswith(CHUNK) for f in fs)
+    assert max(len(f) for f in fs) <= max_message
+    parts = [cbor2.loads(f[1:]) for f in fs]
+    assert [p[1] for p in parts] == list(range(len(fs)))
+    assert {p[2] for p in parts} == {len(fs)}
+    assert {p[0] for p in parts} == {PKG_ID}
+    assert {bytes(p[3]) for p in parts} == {hashlib.sha256(wire).digest()}
+    assert b"".join(p[4] for p in parts) == wire
+
+
+# --- reassembly ------------------------------------------------------------------------------
+
+def test_whole_frame_passes_through():
+    r = Reassembler(1 << 20)
+    wire = rand(100)
+    assert r.feed(WHOLE + wire) == wire
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_out_of_order_chunks_reassemble(seed):
+    wire = rand(200_000, seed=seed)
+    fs = list(frames(PKG_ID, wire, 4096))
+    random.Random(seed).shuffle(fs)
+    r = Reassembler(1 << 20)
+    out = feed_all(r, fs)
+    assert out[:-1] == [None] * (len(fs) - 1)
+    assert out[-1] == wire
+
+
+def test_interleaved_packages_reassemble():
+    a, b = rand(50_000, seed=10), rand(70_000, seed=11)
+    fa = list(frames("aaaa", a, 4096))
+    fb = list(frames("bbbb", b, 4096))
+    mixed = [f for pair in zip(fa, fb, strict=False) for f in pair] + fb[len(fa):]
+    r = Reassembler(1 << 20)
+    done = [w for w in feed_all(r, mixed) if w is not None]
+    assert done == [a, b]
+
+
+def test_duplicate_chunks_are_ignored():
+    wire = rand(30_000, seed=5)
+    fs = list(frames(PKG_ID, wire, 4096))
+    # every chunk but the last arrives twice (MQTT QoS 1 redelivers); the pending
+    # budget is exactly one copy, so counting a duplicate would overflow it
+    r = Reassembler(len(wire), max_pending_bytes=len(wire))
+    seq = [f for f in fs[:-1] for _ in range(2)] + [fs[-1]]
+    out = feed_all(r, seq)
+    assert out[:-1] == [None] * (len(seq) - 1)
+    assert out[-1] == wire
+
+
+def test_pending_budget_is_released_after_completion():
+    wire = rand(30_000, seed=6)
+    r = Reassembler(len(wire), max_pending_bytes=len(wire))
+    for n in range(3):
+        fs = list(frames(f"pkg-{n}", wire, 4096))
+        assert feed_all(r, fs)[-1] == wire
+
+
+def test_corrupted_chunk_is_hash_mismatch():
+    wire = rand(20_000, seed=7)
+    fs = list(frames(PKG_ID, wire, 4096))
+    pid, idx, count, digest, data = cbor2.loads(fs[2][1:])
+    data = bytearray(data)
+    data[100] ^= 0x01
+    fs[2] = chunk(pid, idx, count, digest, bytes(data))
+    r = Reassembler(1 << 20)
+    for f in fs[:-1]:
+        assert r.feed(f) is None
+    assert refused(r, fs[-1]).reason == "hash-mismatch"
+
+
+def test_lost_and_replaced_chunk_data_of_other_length_is_hash_mismatch():
+    wire = rand(20_000, seed=8)
+    fs = list(frames(PKG_ID, wire, 4096))
+    pid, idx, count, digest, data = cbor2.loads(fs[0][1:])
+    fs[0] = chunk(pid, idx, count, digest, data[:-1])
+    r = Reassembler(1 << 20)
+    with pytest.raises(PackageError) as ei:
+        feed_all(r, fs)
+    assert ei.value.reason == "hash-mismatch"
+
+
+def test_chunks_that_disagree_on_count_or_hash_are_refused():
+    wire = rand(20_000, seed=9)
+    fs = list(frames(PKG_ID, wire, 4096))
+    pid, _idx, count, digest, data = cbor2.loads(fs[1][1:])
+    r = Reassembler(1 << 20)
+    assert r.feed(fs[0]) is None
+    assert refused(r, chunk(pid, 1, count + 1, digest, data)).reason == "malformed"
+    r = Reassembler(1 << 20)
+    assert r.feed(fs[0]) is None
+    other = hashlib.sha256(b"another package").digest()
+    assert refused(r, chunk(pid, 1, count, other, data)).reason == "malformed"
+
+
+def test_after_a_disagreement_the_package_starts_over():
+    wire = rand(20_000, seed=12)
+    fs = list(frames(PKG_ID, wire, 4096))
+    pid, _idx, count, digest, data = cbor2.loads(fs[1][1:])
+    r = Reassembler(1 << 20)
+    r.feed(fs[0])
+    with pytest.raises(PackageError):
+        r.feed(chunk(pid, 1, count + 1, digest, data))
+    assert feed_all(r, fs)[-1] == wire
+
+
+def test_reassembled_package_over_the_limit_is_oversize():
+    limit = 10_000
+    wire = rand(limit + 1, seed=13)
+    fs = list(frames(PKG_ID, wire, 4096))
+    r = Reassembler(limit)
+    with pytest.raises(PackageError) as ei:
+        feed_all(r, fs)
+    assert ei.value.reason == "oversize"
+    # exactly at the limit is fine
+    fs = list(frames(PKG_ID, wire[:limit], 4096))
+    assert feed_all(Reassembler(limit), fs)[-1] == wire[:limit]
+
+
+def test_too_many_pending_bytes_is_oversize():
+    r = Reassembler(20_000, max_pending_bytes=30_000)
+    # many packages, each only partly sent, fill the budget
+    refusals = []
+    for n in range(20):
+        fs = list(frames(f"p{n}", rand(20_000, seed=n), 4096))
+        try:
+            r.feed(fs[0])
+        except PackageError as e:
+            refusals.append(e.reason)
+    assert refusals and set(refusals) == {"oversize"}
+
+
+def test_more_chunks_than_the_size_limit_allows_is_refused():
+    r = Reassembler(10 * 1024)
+    d = hashlib.sha256(b"x").digest()
+    assert refused(r, chunk(PKG_ID, 0, 1000, d, b"x")).reason == "malformed"
+
+
+D = hashlib.sha256(b"x").digest()
+GARBAGE = {
+    "empty": b"",
+    "unknown type": b"Z" + cbor2.dumps([PKG_ID, 0, 2, D, b"x"]),
+    "chunk without body": CHUNK,
+    "chunk not cbor": CHUNK + b"\xff\xfe",
+    "chunk a map": CHUNK + cbor2.dumps({"id": PKG_ID}),
+    "chunk too short": CHUNK + cbor2.dumps([PKG_ID, 0, 2, D]),
+    "chunk too long": CHUNK + cbor2.dumps([PKG_ID, 0, 2, D, b"x", b"y"]),
+    "index negative": chunk(PKG_ID, -1, 2, D, b"x"),
+    "index = count": chunk(PKG_ID, 2, 2, D, b"x"),
+    "count zero": chunk(PKG_ID, 0, 0, D, b"x"),
+    "count huge": chunk(PKG_ID, 0, 1 << 40, D, b"x"),
+    "index not a number": chunk(PKG_ID, "first", 2, D, b"x"),
+    "data text": chunk(PKG_ID, 0, 2, D, "text"),
+    # bytes(n) of an integer is n zero bytes: a few wire bytes would become megabytes
+    "data an integer": chunk(PKG_ID, 0, 2, D, 1 << 20),
+    "digest an integer": chunk(PKG_ID, 0, 2, 1 << 20, b"x"),
+}
+
+
+@pytest.mark.parametrize("frame", list(GARBAGE.values()), ids=list(GARBAGE))
+def test_garbage_frames_are_refused(frame):
+    r = Reassembler(1 << 20)
+    assert refused(r, frame).reason == "malformed"

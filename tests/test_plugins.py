@@ -1,0 +1,271 @@
+"""An external plugin, built and installed like any third-party distribution, is
+loaded through the ``exnode`` entry-point group next to the built-ins.
+
+The plugin is installed with ``pip install --target`` into a folder of its own and
+reaches exnode only through PYTHONPATH, in subprocesses: neither the venv nor this
+test process sees it.
+
+Its build backend is a few lines in the project itself (PEP 517 ``backend-path``):
+the venv's setuptools (65.x, as Python 3.11 ships it) cannot build wheels without the
+``wheel`` package, which is not installed, and with ``--no-build-isolation --no-index``
+nothing may be downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from exnode.plugins.manager import Registry, describe, make_manager
+
+DIST, VERSION = "exnode-hello", "1.2.3"
+
+PLUGIN = '''\
+"""A tiny exnode plugin: a package kind and a CLI command."""
+
+import click
+
+from exnode.plugins import hookimpl
+
+
+def handler(ctx):
+    ctx.reply("hello", b"hello, " + ctx.payload)
+
+
+@hookimpl
+def exnode_package_kinds(register):
+    register("hello", handler)
+
+
+@hookimpl
+def exnode_cli_commands(cli):
+    @cli.command("hello")
+    def hello():
+        """Say hello (from a plugin)."""
+        click.echo("hello from exnode-hello")
+'''
+
+BACKEND = '''\
+"""A minimal PEP 517 backend that builds this one pure-Python wheel."""
+
+import base64
+import hashlib
+import io
+import os
+import tarfile
+import zipfile
+
+NAME, VERSION, PKG = "exnode-hello", "1.2.3", "exnode_hello"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIST_INFO = f"{PKG}-{VERSION}.dist-info"
+
+
+def _metadata():
+    return {
+        "METADATA": f"Metadata-Version: 2.1\\nName: {NAME}\\nVersion: {VERSION}\\n"
+                    "Summary: a test plugin for exnode\\n",
+        "WHEEL": "Wheel-Version: 1.0\\nGenerator: hello-backend\\nRoot-Is-Purelib: true\\n"
+                 "Tag: py3-none-any\\n",
+        "entry_points.txt": "[exnode]\\nhello = exnode_hello\\n",
+    }
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def get_requires_for_build_sdist(config_settings=None):
+    return []
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    d = os.path.join(metadata_directory, DIST_INFO)
+    os.makedirs(d, exist_ok=True)
+    for name, text in _metadata().items():
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+    return DIST_INFO
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    files = {}
+    src = os.path.join(ROOT, PKG)
+    for name in sorted(os.listdir(src)):
+        if name.endswith(".py"):
+            with open(os.path.join(src, name), "rb") as f:
+                files[f"{PKG}/{name}"] = f.read()
+    for name, text in _metadata().items():
+        files[f"{DIST_INFO}/{name}"] = text.encode()
+    record = []
+    wheel = f"{PKG}-{VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, wheel), "w") as z:
+        for arc, data in files.items():
+            z.writestr(arc, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{arc},sha256={digest.decode()},{len(data)}")
+        record.append(f"{DIST_INFO}/RECORD,,")
+        z.writestr(f"{DIST_INFO}/RECORD", "\\n".join(record) + "\\n")
+    return wheel
+
+
+def build_sdist(sdist_directory, config_settings=None):
+    name = f"{PKG}-{VERSION}"
+    path = os.path.join(sdist_directory, name + ".tar.gz")
+    with tarfile.open(path, "w:gz") as t:
+        t.add(ROOT, arcname=name, filter=lambda i: None if "__pycache__" in i.name else i)
+        info = tarfile.TarInfo(f"{name}/PKG-INFO")
+        data = _metadata()["METADATA"].encode()
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    return os.path.basename(path)
+'''
+
+PYPROJECT = '''\
+[build-system]
+requires = []
+build-backend = "hello_backend"
+backend-path = ["_build"]
+
+[project]
+name = "exnode-hello"
+version = "1.2.3"
+description = "a test plugin for exnode"
+
+[project.entry-points.exnode]
+hello = "exnode_hello"
+'''
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("EXNODE_", "PIP_")) and k != "PYTHONPATH"}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The plugin, built by pip from its project folder and installed into ./site."""
+    root = tmp_path_factory.mktemp("plugin")
+    proj = root / "exnode-hello"
+    (proj / "exnode_hello").mkdir(parents=True)
+    (proj / "_build").mkdir()
+    (proj / "pyproject.toml").write_text(PYPROJECT)
+    (proj / "_build" / "hello_backend.py").write_text(BACKEND)
+    (proj / "exnode_hello" / "__init__.py").write_text(PLUGIN)
+    target = root / "site"
+    venv_before = sorted(p.name for p in Path(md.distribution("exnode").locate_file(""))
+                         .iterdir())
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+         "--no-index", "--no-cache-dir", "--disable-pip-version-check", "--quiet",
+         "--target", str(target), str(proj)],
+        capture_output=True, text=True, timeout=300, env=clean_env(), cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # only the target folder got the plugin; the venv is as it was
+    venv_after = sorted(p.name for p in Path(md.distribution("exnode").locate_file(""))
+                        .iterdir())
+    assert venv_after == venv_before
+    assert (target / "exnode_hello" / "__init__.py").exists()
+    assert (target / f"exnode_hello-{VERSION}.dist-info" / "entry_points.txt").exists()
+    return target
+
+
+def exnode(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "exnode.node", *args], capture_output=True,
+                          text=True, timeout=120, env=clean_env(PYTHONPATH=str(site)),
+                          cwd=site.parent)
+
+
+def test_plugin_is_not_visible_to_the_test_process(site):
+    with pytest.raises(md.PackageNotFoundError):
+        md.distribution(DIST)
+    assert "hello" not in Registry(make_manager()).kinds
+
+
+def test_plugins_json_lists_it_next_to_the_builtins(site):
+    r = exnode(site, "plugins", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    infos = {i["name"]: i for i in json.loads(r.stdout)}
+    hello = infos["hello"]
+    assert hello["distribution"] == DIST
+    assert hello["version"] == VERSION
+    assert hello["builtin"] is False
+    assert hello["module"] == "exnode_hello"
+    assert set(hello["hooks"]) == {"exnode_package_kinds", "exnode_cli_commands"}
+    for name, hook in (("crypto-x25519-aes256gcm", "exnode_crypto_suites"),
+                       ("kinds-core", "exnode_package_kinds")):
+        assert infos[name]["builtin"] is True
+        assert infos[name]["distribution"] == "exnode"
+        assert hook in infos[name]["hooks"]
+    # built-ins are listed first
+    names = [i["name"] for i in json.loads(r.stdout)]
+    assert names.index("hello") > max(names.index("crypto-x25519-aes256gcm"),
+                                      names.index("kinds-core"))
+
+
+def test_plugins_text_names_the_distribution(site):
+    r = exnode(site, "plugins")
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("hello "))
+    assert f"{DIST} {VERSION}" in line
+    builtin = next(ln for ln in r.stdout.splitlines() if ln.startswith("kinds-core "))
+    assert "built-in" in builtin
+
+
+def test_plugin_cli_command(site):
+    r = exnode(site, "hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "hello from exnode-hello"
+
+
+def test_registry_picks_up_the_new_kind(site):
+    probe = textwrap.dedent('''\
+        import json
+        from types import SimpleNamespace
+
+        from exnode.plugins.manager import Registry, make_manager, loaded_distributions
+
+        reg = Registry(make_manager())
+        replies = []
+        ctx = SimpleNamespace(payload=b"bob", reply=lambda k, p: replies.append([k, p.decode()]))
+        reg.kinds["hello"](ctx)
+        blocked = Registry(make_manager(disable=["hello"]))
+        print(json.dumps({
+            "kinds": sorted(reg.kinds), "ordered": sorted(reg.ordered),
+            "suites": sorted(reg.suites), "replies": replies,
+            "module": reg.kinds["hello"].__module__,
+            "blocked_kinds": sorted(blocked.kinds),
+            "dists": loaded_distributions(),
+        }))
+    ''')
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=120, env=clean_env(PYTHONPATH=str(site)), cwd=site.parent)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["kinds"] == ["data", "hello", "ping", "pong"]
+    assert out["ordered"] == ["data"]
+    assert out["suites"] == ["x25519-hkdf-sha256-aes256gcm-ed25519"]
+    assert out["module"] == "exnode_hello"
+    assert out["replies"] == [["hello", "hello, bob"]]
+    assert out["blocked_kinds"] == ["data", "ping", "pong"]
+    assert out["dists"][DIST] == VERSION
+    assert "exnode" in out["dists"]
+
+
+def test_builtins_in_process():
+    infos = {i.name: i for i in describe(make_manager())}
+    assert {"crypto-x25519-aes256gcm", "kinds-core"} <= set(infos)
+    assert all(i.builtin and i.distribution == "exnode" for i in infos.values()
+               if i.name in ("crypto-x25519-aes256gcm", "kinds-core"))
+    reg = Registry(make_manager(disable=["kinds-core"]))
+    assert reg.kinds == {}
+    assert list(reg.suites) == ["x25519-hkdf-sha256-aes256gcm-ed25519"]

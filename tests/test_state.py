@@ -1,0 +1,134 @@
+"""The state DB: created and upgraded only by the Alembic migrations, which must match
+the SQLAlchemy tables exactly, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect, select, text
+
+from exnode.node.errors import StateError
+from exnode.node.state import MIGRATIONS, meta, metadata, open_state
+
+
+def head_revision() -> str:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head
+    return head
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def eng(url) -> Iterator[Engine]:
+    e = open_state(url)
+    yield e
+    e.dispose()
+
+
+def tables(e: Engine) -> set[str]:
+    with e.connect() as conn:
+        return set(inspect(conn).get_table_names())
+
+
+def version(e: Engine) -> list[str]:
+    with e.connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))]
+
+
+def test_fresh_database_has_every_table(eng):
+    assert tables(eng) == set(metadata.tables) | {"alembic_version"}
+    assert version(eng) == [head_revision()]
+    expected = {"meta", "members", "invites", "outbox", "seq_out", "inbox", "seq_in",
+                "received", "exchange_log", "peers"}
+    assert expected <= set(metadata.tables)
+
+
+def test_every_column_and_index_is_there(eng):
+    with eng.connect() as conn:
+        insp = inspect(conn)
+        for name, table in metadata.tables.items():
+            cols = {c["name"]: c for c in insp.get_columns(name)}
+            assert set(cols) == {c.name for c in table.columns}, name
+            for c in table.columns:
+                assert cols[c.name]["nullable"] == c.nullable, f"{name}.{c.name}"
+            pk = insp.get_pk_constraint(name)["constrained_columns"]
+            assert pk == [c.name for c in table.primary_key.columns], name
+            have = {(i["name"], tuple(i["column_names"])) for i in insp.get_indexes(name)}
+            want = {(i.name, tuple(c.name for c in i.columns)) for i in table.indexes}
+            assert have == want, name
+
+
+def test_opening_twice_is_idempotent(url):
+    e = open_state(url)
+    with e.begin() as conn:
+        conn.execute(meta.insert().values(key="probe", value=b"kept"))
+    e.dispose()
+    e = open_state(url)
+    try:
+        assert tables(e) == set(metadata.tables) | {"alembic_version"}
+        assert version(e) == [head_revision()]
+        with e.connect() as conn:
+            assert conn.execute(select(meta.c.value).where(meta.c.key == "probe")).scalar() \
+                == b"kept"
+    finally:
+        e.dispose()
+
+
+def test_migrations_match_the_tables(eng):
+    with eng.connect() as conn:
+        mc = MigrationContext.configure(conn, opts={"compare_type": True,
+                                                    "compare_server_default": True})
+        diff = compare_metadata(mc, metadata)
+    assert diff == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_sqlite_file_is_private(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = tmp_path / "sub" / "state.db"
+        e = open_state(f"sqlite:///{path}")
+        try:
+            with e.begin() as conn:  # a write, so that the WAL and shared-memory files exist
+                conn.execute(meta.insert().values(key="x", value=b"y"))
+            with e.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+                files = [p for p in path.parent.iterdir() if p.name.startswith("state.db")]
+                assert path in files
+                for p in files:
+                    assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+        finally:
+            e.dispose()
+    finally:
+        os.umask(old)
+
+
+def test_unreachable_postgres_is_a_one_line_state_error():
+    with pytest.raises(StateError) as ei:
+        open_state("postgresql+psycopg://exnode:s3cret-pw@127.0.0.1:1/exnode")
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert "s3cret-pw" not in msg
+    assert "127.0.0.1:1" in msg
+
+
+def test_unusable_sqlite_path_is_a_state_error(tmp_path):
+    (tmp_path / "state.db").mkdir()
+    with pytest.raises(StateError) as ei:
+        open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    assert "\n" not in str(ei.value)
