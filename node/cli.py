@@ -29,13 +29,21 @@ class ExnodeGroup(click.Group):
     """Turns every error into one line and an exit code; never a traceback."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("standalone_mode", True)
+        kwargs["standalone_mode"] = False
         try:
-            return super().main(*args, **kwargs)
+            rv = super().main(*args, **kwargs)
         except ExnodeError as e:
             _fail(str(e), e.exit_code)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, click.exceptions.Abort):
             _fail("interrupted", 130)
+        except click.exceptions.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except BrokenPipeError:
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -96,10 +104,13 @@ def cli(ctx: click.Context, config: str | None) -> None:
 @click.option("--broker-port", default=1883, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--center-id", default="center", show_default=True,
               help="(bureau) the center's node id.")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Keys, state and socket here instead of beside the config file "
+              "(e.g. --dir /etc/exnode --data-dir /var/lib/exnode).")
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 @click.option("--json", "as_json", is_flag=True)
 def init(role: str, node_id: str, directory: str, broker_host: str, broker_port: int,
-         center_id: str, force: bool, as_json: bool) -> None:
+         center_id: str, data_dir: str | None, force: bool, as_json: bool) -> None:
     """Write a commented config file and generate this node's keys (files 0600)."""
     from . import identity as idn
     from .config import parse_config
@@ -109,6 +120,8 @@ def init(role: str, node_id: str, directory: str, broker_host: str, broker_port:
     if cfg_path.exists() and not force:
         raise UsageError(f"{cfg_path} exists (use --force to overwrite the file; keys are kept)")
     text = render_config(role, node_id, broker_host, broker_port, center_id)
+    if data_dir:
+        text = text.replace("  data_dir: .\n", f"  data_dir: {Path(data_dir).resolve()}\n")
     parse_config(text, str(cfg_path))  # the template must validate, and the id too
     d.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(text, encoding="utf-8")
@@ -325,10 +338,13 @@ def _poke_gconf(cfg: Config) -> bool:
 @click.argument("node_id")
 @click.option("--approve", is_flag=True, help="Approve the node as soon as it registers.")
 @click.option("--ttl", default="7d", show_default=True, help="Token lifetime (e.g. 1h, 7d).")
+@click.option("--broker-host", help="Broker address the bureau should use (default: this "
+              "node's broker.host).")
+@click.option("--broker-port", type=click.IntRange(1, 65535), help="Broker port for the bureau.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def nodes_invite(ctx: click.Context, node_id: str, approve: bool, ttl: str,
-                 as_json: bool) -> None:
+                 broker_host: str | None, broker_port: int | None, as_json: bool) -> None:
     """Issue a one-time enrolment token for NODE_ID."""
     from . import identity as idn
     from . import registry
@@ -338,7 +354,8 @@ def nodes_invite(ctx: click.Context, node_id: str, approve: bool, ttl: str,
     secret = registry.invite(eng, cfg.node.id, node_id, ttl_s, approve)
     ca = ident.ca_cert
     assert ca is not None
-    token = idn.make_token(center_id=cfg.node.id, host=cfg.broker.host, port=cfg.broker.port,
+    token = idn.make_token(center_id=cfg.node.id, host=broker_host or cfg.broker.host,
+                           port=broker_port or cfg.broker.port,
                            ca_fp=idn.fingerprint(ca), node_id=node_id, secret=secret,
                            expires=int(time.time() + ttl_s), prefix=cfg.broker.topic_prefix)
     _out({"node": node_id, "token": token, "expires": int(time.time() + ttl_s),
@@ -390,11 +407,16 @@ for _action in ("approve", "reject", "revoke"):
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
-def plugins(as_json: bool) -> None:
-    """Loaded plugins and where they come from."""
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """Loaded plugins and where they come from (less those the config disables)."""
     from exnode.plugins.manager import describe, make_manager
 
-    infos = describe(make_manager())
+    disable: list[str] = []
+    path = _config_path(ctx)
+    if path.exists():
+        disable = load_config(path).plugins.disable
+    infos = describe(make_manager(disable))
     if as_json:
         _out([i.__dict__ for i in infos], True)
         return

@@ -59,6 +59,11 @@ class BrokerSection(_Model):
     port: int = Field(1883, ge=1, le=65535, description="MQTT broker port.")
     protocol: Literal["auto", "5", "3.1.1"] = Field(
         "auto", description="MQTT version; 'auto' tries 5 and falls back to 3.1.1.")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) else v  # `protocol: 5` is a number
     username: str | None = Field(None, description="Broker user name.")
     password_file: str | None = Field(None, description="File holding the broker password.")
     tls: TLSSection | None = Field(None, description="TLS settings; omit for plain TCP.")

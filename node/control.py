@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .errors import DaemonNotRunning, ExnodeError, PackageError, UsageError
+from .errors import DaemonNotRunning, ExnodeError, PackageError
 
 if TYPE_CHECKING:
     from .daemon import Node
@@ -172,6 +172,5 @@ def call(sock: Path, method: str, path: str, body: dict[str, Any] | None = None,
     except ValueError:
         raise ExnodeError(f"unexpected answer from the daemon: {raw[:200]!r}") from None
     if resp.status >= 400:
-        raise UsageError(out.get("error", f"HTTP {resp.status}")) if resp.status == 400 \
-            else ExnodeError(out.get("error", f"HTTP {resp.status}"))
+        raise ExnodeError(out.get("error", f"HTTP {resp.status}"))
     return out

@@ -172,7 +172,9 @@ class Node:
     def _directory_from_registry(self) -> None:
         ca = self.identity.ca_cert
         assert ca is not None
-        d = Directory(expires=time.time() + 10 * 365 * 86400)
+        # The version and expiry are those of the last published global configuration.
+        d = Directory(version=self.directory.version,
+                      expires=self.directory.expires or time.time() + 3600)
         with self.engine.connect() as conn:
             for r in conn.execute(select(members)).mappings():
                 if r["status"] == "approved" and r["cert"]:
@@ -823,19 +825,7 @@ class Node:
                     "auto": [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311]}[b.protocol]
         attempt = 0
         backoff = 0.5
-        password = None
-        if b.password_file:
-            password = self.cfg.resolve(b.password_file).read_text().strip()
-        tls = None
-        if b.tls is not None:
-            import ssl
-
-            tls = ssl.create_default_context(cafile=str(self.cfg.resolve(b.tls.ca)))
-            if b.tls.cert:
-                tls.load_cert_chain(str(self.cfg.resolve(b.tls.cert)),
-                                    str(self.cfg.resolve(b.tls.key)) if b.tls.key else None)
-            if b.tls.insecure:
-                tls.check_hostname = False
+        password, tls = broker_credentials(self.cfg)
         while not self._stop.is_set():
             if len(versions) > 1:
                 versions = await self._probe_protocol(versions, password, tls)
@@ -934,7 +924,7 @@ class Node:
                     before = set(self.directory.members), set(self.directory.revoked)
                     await self.db(self._directory_from_registry)
                     after = set(self.directory.members), set(self.directory.revoked)
-                    stale = (self._gconf_blob is None or self.directory.version == 0)
+                    stale = self._gconf_blob is None
                     if before != after or stale:
                         await self.publish_gconf()
                 elif self.directory.members and not self.directory.valid:
@@ -999,6 +989,31 @@ class Node:
             log.info("node_stopped", node=self.id)
 
 
+def broker_credentials(cfg: Config) -> tuple[str | None, Any]:
+    """The broker password (from its file) and TLS context that the config asks for."""
+    from .errors import ConfigError
+
+    b = cfg.broker
+    try:
+        password = cfg.resolve(b.password_file).read_text().strip() if b.password_file else None
+        tls = None
+        if b.tls is not None:
+            import ssl
+
+            tls = ssl.create_default_context(cafile=str(cfg.resolve(b.tls.ca)))
+            if b.tls.cert:
+                tls.load_cert_chain(str(cfg.resolve(b.tls.cert)),
+                                    str(cfg.resolve(b.tls.key)) if b.tls.key else None)
+            if b.tls.insecure:
+                tls.check_hostname = False
+    except OSError as e:
+        raise ConfigError(f"{cfg.source}: broker credentials: {e.strerror}: "
+                          f"{e.filename}") from None
+    except ValueError as e:  # ssl.SSLError is an OSError; bad PEM data is a ValueError
+        raise ConfigError(f"{cfg.source}: broker TLS files: {e}") from None
+    return password, tls
+
+
 def client_id(node_id: str, sign_pub: bytes) -> str:
     """A stable MQTT client id, unique per node identity (so persistent sessions of two
     nodes that share a name never collide)."""
@@ -1029,6 +1044,12 @@ def configure_logging(level: str = "info", json: bool = True) -> None:
 def run_node(cfg: Config) -> None:
     """``exnode run``: the foreground daemon, stopped cleanly by SIGTERM or SIGINT."""
     configure_logging(cfg.log.level)
+
+    from .control import _answers
+    from .errors import ExnodeError
+
+    if _answers(cfg.socket_path):
+        raise ExnodeError(f"another exnode is already running on {cfg.socket_path}")
 
     async def main() -> None:
         node = Node(cfg)

@@ -65,12 +65,15 @@ def register_with_token(cfg: Config, cfg_path: Path, token: str,
 
 
 async def _exchange(cfg: Config, tok: dict[str, Any], request: bytes, timeout: float) -> bytes:
+    from .daemon import broker_credentials
+
     b = cfg.broker
     topics = Topics(tok["prefix"])
-    password = cfg.resolve(b.password_file).read_text().strip() if b.password_file else None
+    password, tls = broker_credentials(cfg)
     try:
         async with aiomqtt.Client(tok["host"], tok["port"], username=b.username,
-                                  password=password, identifier=f"exn-{cfg.node.id}-enrol",
+                                  password=password, tls_context=tls,
+                                  identifier=f"exn-{cfg.node.id}-enrol",
                                   protocol=aiomqtt.ProtocolVersion.V311, clean_session=True,
                                   timeout=timeout) as client:
             await client.subscribe(topics.enrol_reply(cfg.node.id), qos=1)

@@ -26,8 +26,8 @@ def exnode_crypto_suites(register: Any) -> None:
 
     A suite seals a payload to its recipients and signs packages; see
     ``exnode.plugins.builtin.crypto_default`` for the interface (``id``, ``seal``,
-    ``open``, ``sign``, ``verify``). A node sends with the suite named in its config
-    (default ``x25519-hkdf-sha256-aes256gcm-ed25519``) and opens any registered suite.
+    ``open``, ``sign``, ``verify``). A node sends with the default suite
+    (``x25519-hkdf-sha256-aes256gcm-ed25519``) and opens packages of any registered suite.
     """
 
 
