@@ -546,6 +546,215 @@ def log_verify(ctx: click.Context, as_json: bool) -> None:
         sys.exit(1)
 
 
+# --- database sync -------------------------------------------------------------------------
+
+class _SyncGroup(click.Group):
+    """`exnode sync RES --initial` is `exnode sync load RES --initial`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["load", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_SyncGroup)
+def sync() -> None:
+    """Database sync: `exnode sync RES --initial`, `sync status`, `sync now RES`."""
+
+
+@sync.command("load", hidden=True)
+@click.argument("resource")
+@click.option("--initial", is_flag=True, help="Send the whole table (resumable initial load).")
+@click.option("--restart", is_flag=True, help="With --initial: start over from the first row.")
+@click.option("--no-wait", is_flag=True, help="Start the load and return at once.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def sync_load(ctx: click.Context, resource: str, initial: bool, restart: bool,
+              no_wait: bool, as_json: bool) -> None:
+    """Initial load of RESOURCE: `exnode sync RESOURCE --initial`."""
+    if not initial:
+        raise UsageError(f"say what to do with {resource}: exnode sync {resource} --initial, "
+                         f"or exnode sync now {resource}")
+    from .control import call
+
+    cfg = _cfg(ctx)
+    job = call(cfg.socket_path, "POST", "/sync/initial",
+               {"resource": resource, "restart": restart})
+    if no_wait:
+        _out(job, as_json, f"initial load of {resource} started ({job['rows']} rows sent so far)")
+        return
+
+    def poll() -> dict[str, Any]:
+        jobs = call(cfg.socket_path, "GET", "/sync/jobs")
+        return next(j for j in jobs if j["resource"] == resource and j["kind"] == "initial")
+
+    show = sys.stderr.isatty() and not as_json
+    job = poll()
+    if show:
+        with click.progressbar(length=job["total"] or 0, label=f"initial load {resource}",
+                               file=sys.stderr, show_pos=True) as bar:
+            done = 0
+            while job["status"] == "running":
+                time.sleep(0.5)
+                job = poll()
+                if job["total"] and bar.length != job["total"]:
+                    bar.length = job["total"]
+                bar.update(job["rows"] - done)
+                done = job["rows"]
+    else:
+        while job["status"] == "running":
+            time.sleep(0.5)
+            job = poll()
+    if job["status"] != "done":
+        raise ExnodeError(f"initial load of {resource} failed: {job.get('error')}")
+    _out(job, as_json, f"initial load of {resource}: {job['rows']} rows sent "
+         "(applied at the other end as they arrive; see 'exnode status')")
+
+
+@sync.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def sync_status(ctx: click.Context, as_json: bool) -> None:
+    """Resources: freshness per node, errors, open conflicts, initial loads."""
+    from .control import call
+
+    cfg = _cfg(ctx)
+    st = call(cfg.socket_path, "GET", "/status")
+    jobs = call(cfg.socket_path, "GET", "/sync/jobs")
+    if as_json:
+        _out({"resources": st["resources"], "jobs": jobs}, True)
+        return
+    for r in st["resources"]:
+        flag = "STALE" if r["stale"] else "ok"
+        if r["error"]:
+            flag = "STOPPED: " + r["error"]
+        click.echo(f"{r['resource']:<24} {r['capture'] or '-':<12} {flag}"
+                   + (f"  ({r['open_conflicts']} open conflicts)" if r["open_conflicts"] else ""))
+        for n in r["nodes"]:
+            click.echo(f"    {n['node']:<16} last current {_ago(n['last_current'])}"
+                       + (" STALE" if n["stale"] else ""))
+    for j in jobs:
+        click.echo(f"initial load {j['resource']}: {j['status']}, {j['rows']}"
+                   + (f"/{j['total']}" if j["total"] else "") + " rows")
+
+
+@sync.command("now")
+@click.argument("resource")
+@click.pass_context
+def sync_now(ctx: click.Context, resource: str) -> None:
+    """Run RESOURCE's capture cycle now instead of at its next scheduled time."""
+    from .control import call
+
+    call(_cfg(ctx).socket_path, "POST", "/sync/now", {"resource": resource})
+    click.echo(f"capture of {resource} started")
+
+
+@cli.group()
+def capture() -> None:
+    """Install or remove the change-capture triggers of a resource's table."""
+
+
+def _trigger_target(ctx: click.Context, resource: str) -> tuple[Any, Any]:
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    cfg = _cfg(ctx)
+    spec = cfg.resources.get(resource)
+    if spec is None:
+        raise UsageError(f"no resource '{resource}' in {cfg.source}")
+    if spec.table is None:
+        raise UsageError(f"resource '{resource}' maps a query; triggers need a table")
+    db = cfg.databases[spec.database]
+    url = make_url(db.url)
+    if db.password_file:
+        url = url.set(password=cfg.resolve(db.password_file).read_text().strip())
+    return create_engine(url), spec
+
+
+@capture.command("install")
+@click.argument("resource")
+@click.pass_context
+def capture_install(ctx: click.Context, resource: str) -> None:
+    """Create the change table and the triggers on RESOURCE's table."""
+    from exnode.policies import triggers
+
+    eng, spec = _trigger_target(ctx, resource)
+    triggers.install(eng, spec.table, spec.key, schema=spec.db_schema)
+    click.echo(f"triggers installed on {spec.table} for {resource}")
+
+
+@capture.command("remove")
+@click.argument("resource")
+@click.option("--drop-changes", is_flag=True, help="Also drop the change table.")
+@click.pass_context
+def capture_remove(ctx: click.Context, resource: str, drop_changes: bool) -> None:
+    """Remove RESOURCE's triggers (the change table stays unless --drop-changes)."""
+    from exnode.policies import triggers
+
+    eng, spec = _trigger_target(ctx, resource)
+    triggers.remove(eng, spec.table, schema=spec.db_schema, drop_changes=drop_changes)
+    click.echo(f"triggers removed from {spec.table}")
+
+
+@cli.group()
+def conflicts() -> None:
+    """(center) The conflict queue of resources with conflict: manual."""
+
+
+@conflicts.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Resolved ones too.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def conflicts_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+    """Open conflicts."""
+    from .control import call
+
+    rows = call(_cfg(ctx).socket_path, "GET",
+                "/conflicts?status=" + ("all" if show_all else "open"))
+    if as_json:
+        _out(rows, True)
+        return
+    for r in rows:
+        click.echo(f"{r['id']:>5} {r['resource']:<20} from {r['src']:<12} key {r['key']:<20} "
+                   f"{r['status']}  {r['reason']}")
+    if not rows:
+        click.echo("no open conflicts")
+
+
+@conflicts.command("show")
+@click.argument("conflict_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
+    """The incoming change beside the shared library's current row."""
+    from .control import call
+
+    r = call(_cfg(ctx).socket_path, "GET", f"/conflicts/{conflict_id}")
+    if as_json:
+        _out(r, True)
+        return
+    click.echo(f"conflict {r['id']}: {r['resource']} key {r['key']} from {r['src']} "
+               f"({r['status']}): {r['reason']}")
+    inc, cur = r["incoming"]["row"] or {}, r["current"] or {}
+    click.echo(f"  {'field':<20} {'incoming (' + r['incoming']['op'] + ')':<30} current")
+    for k in sorted(set(inc) | set(cur)):
+        mark = " *" if inc.get(k) != cur.get(k) else ""
+        click.echo(f"  {k:<20} {inc.get(k)!s:<30} {cur.get(k)}{mark}")
+
+
+@conflicts.command("resolve")
+@click.argument("conflict_id", type=int)
+@click.option("--keep", type=click.Choice(["incoming", "current"]), required=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def conflicts_resolve(ctx: click.Context, conflict_id: int, keep: str, as_json: bool) -> None:
+    """Apply the incoming change, or keep the current row and notify the sender."""
+    from .control import call
+
+    r = call(_cfg(ctx).socket_path, "POST", f"/conflicts/{conflict_id}/resolve", {"keep": keep})
+    _out(r, as_json, f"conflict {conflict_id} resolved: kept {keep}")
+
+
 # --- demo ----------------------------------------------------------------------------------
 
 @cli.command()

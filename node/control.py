@@ -32,7 +32,13 @@ class ControlServer:
         app = web.Application(client_max_size=512 * 1024 * 1024)
         app.add_routes([web.get("/status", self.status), web.post("/ping", self.ping),
                         web.post("/gconf/publish", self.gconf),
-                        web.post("/send", self.send), web.post("/flush", self.flush)])
+                        web.post("/send", self.send), web.post("/flush", self.flush),
+                        web.post("/sync/initial", self.sync_initial),
+                        web.get("/sync/jobs", self.sync_jobs),
+                        web.post("/sync/now", self.sync_now),
+                        web.get("/conflicts", self.conflicts),
+                        web.get("/conflicts/{id}", self.conflict_show),
+                        web.post("/conflicts/{id}/resolve", self.conflict_resolve)])
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         if self.path.exists():
@@ -92,6 +98,70 @@ class ControlServer:
         except (KeyError, ValueError, TypeError) as e:
             return _err(400, f"bad request: {e}")
         return web.json_response({"queued": len(ids), "ids": ids})
+
+    def _sync(self) -> Any:
+        engine = getattr(self.node, "sync", None)
+        if engine is None:
+            raise ExnodeError("database sync is not running on this node")
+        return engine
+
+    async def _run(self, fn: Any, *args: Any) -> web.Response:
+        try:
+            return web.json_response(await self.node.db(fn, *args))
+        except ExnodeError as e:
+            return _err(400, str(e))
+
+    async def sync_initial(self, req: web.Request) -> web.Response:
+        body = await req.json()
+        try:
+            eng = self._sync()
+            rid = str(body["resource"])
+            job = await self.node.db(eng.start_initial, rid, bool(body.get("restart")))
+        except ExnodeError as e:
+            return _err(400, str(e))
+        if not any(t.get_name() == f"initial {rid}" and not t.done()
+                   for t in self.node._spawned):
+            self.node.spawn(eng.run_initial(rid), f"initial {rid}").set_name(f"initial {rid}")
+        return web.json_response({k: v for k, v in job.items() if k != "after_key"})
+
+    async def sync_jobs(self, _req: web.Request) -> web.Response:
+        try:
+            return await self._run(self._sync().jobs)
+        except ExnodeError as e:
+            return _err(400, str(e))
+
+    async def sync_now(self, req: web.Request) -> web.Response:
+        body = await req.json()
+        try:
+            eng = self._sync()
+            eng.spec(str(body["resource"]))
+        except ExnodeError as e:
+            return _err(400, str(e))
+        eng.wake(str(body["resource"]))
+        return web.json_response({"ok": True})
+
+    async def conflicts(self, req: web.Request) -> web.Response:
+        try:
+            st = req.query.get("status", "open")
+            return await self._run(self._sync().list_conflicts, None if st == "all" else st)
+        except ExnodeError as e:
+            return _err(400, str(e))
+
+    async def conflict_show(self, req: web.Request) -> web.Response:
+        try:
+            return await self._run(self._sync().show_conflict, int(req.match_info["id"]))
+        except (ExnodeError, ValueError) as e:
+            return _err(400, str(e))
+
+    async def conflict_resolve(self, req: web.Request) -> web.Response:
+        body = await req.json()
+        try:
+            resp = await self._run(self._sync().resolve_conflict, int(req.match_info["id"]),
+                                   str(body.get("keep", "")))
+        except (ExnodeError, ValueError) as e:
+            return _err(400, str(e))
+        self.node._wake.set()
+        return resp
 
     async def flush(self, _req: web.Request) -> web.Response:
         await self.node.flush()

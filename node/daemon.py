@@ -35,6 +35,7 @@ from .config import Config
 from .errors import IdentityError, PackageError
 from .framing import Reassembler, frames
 from .state import inbox, members, outbox, peers, seq_in, seq_out
+from .sync import Deferred
 from .topics import Topics
 
 log = structlog.get_logger("exnode")
@@ -44,6 +45,10 @@ NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 WIRE_CACHE_BYTES = 128 * 1024 * 1024
 DEFAULT_SUITE = "x25519-hkdf-sha256-aes256gcm-ed25519"
 RECEIPT = "receipt"
+
+
+class _StopOrdered(Exception):
+    """A package was deferred: apply nothing after it in this (source, resource)."""
 
 
 @dataclass
@@ -419,6 +424,12 @@ class Node:
                                                outbox.c.status == "pending")
                          .values(next_attempt=time.time() + 0.5))
 
+    def outbox_depth(self) -> int:
+        """Packages waiting for their receipt."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).where(
+                outbox.c.status == "pending")).scalar() or 0)
+
     def _next_due_in(self) -> float:
         with self.engine.connect() as conn:
             t = conn.execute(select(func.min(outbox.c.next_attempt)).where(
@@ -615,7 +626,10 @@ class Node:
                     status="waiting", received_at=time.time(), reason=f"waiting for {last + 1}",
                     blob=pkg.wire))
                 return
-        self._apply_one(conn, pkg, acks, res)
+        try:
+            self._apply_one(conn, pkg, acks, res)
+        except _StopOrdered:
+            return
         if ordered:
             self._drain_waiting(conn, h.src, h.res, h.seq, acks, res)
 
@@ -627,9 +641,13 @@ class Node:
                 inbox.c.seq == seq + 1)).first()
             if nxt is None:
                 return
-            conn.execute(inbox.delete().where(inbox.c.pkg_id == nxt.pkg_id))
             pkg = envelope.parse(nxt.blob, self.max_pkg)
-            self._apply_one(conn, pkg, acks, res)
+            try:
+                with conn.begin_nested():
+                    conn.execute(inbox.delete().where(inbox.c.pkg_id == nxt.pkg_id))
+                    self._apply_one(conn, pkg, acks, res)
+            except _StopOrdered:
+                return  # still waiting, still stored
             seq += 1
 
     def _refuse_custody(self, conn: Connection, pkg: envelope.Package, e: PackageError,
@@ -655,6 +673,12 @@ class Node:
                 handler(ctx)
                 for dest, kind, resource, body in ctx.replies:
                     self.enqueue_sync(conn, dest, kind, resource, body)
+        except Deferred as e:
+            # Not applied and not acknowledged: the sender keeps it and tries again.
+            self._log(conn, [{"pkg_id": h.id, "event": "deferred", "peer": h.src,
+                              "resource": h.res, "kind": h.kind, "size": len(pkg.wire),
+                              "status": "deferred", "reason": str(e)[:500]}])
+            raise _StopOrdered() from None
         except PackageError as e:
             self._refuse_custody(conn, pkg, e, acks)
             return
@@ -815,6 +839,7 @@ class Node:
             "members": sorted(self.directory.members),
             "outbox_pending": depth, "inbox_waiting": waiting,
             "peers": prs, "counters": dict(self.counters), "last_error": self.last_error,
+            "resources": self.sync.status() if getattr(self, "sync", None) else [],
         }
 
     # --- running ------------------------------------------------------------------------

@@ -142,6 +142,66 @@ peers = Table(
     Column("last_rtt_ms", Float),
 )
 
+# --- database sync (issue 3) -----------------------------------------------------------
+
+freshness = Table(
+    "freshness", metadata,
+    Column("resource", String(128), primary_key=True),
+    Column("node", String(64), primary_key=True),
+    Column("last_current", Float, nullable=False),  # last known current (data or zero report)
+    Column("last_change", Float),
+    Column("last_rows", Integer, nullable=False, default=0),
+)
+
+row_origin = Table(
+    "row_origin", metadata,
+    Column("resource", String(128), primary_key=True),
+    Column("key", String(512), primary_key=True),
+    Column("origin", String(64), nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("hash", LargeBinary),
+)
+
+conflicts = Table(
+    "conflicts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("resource", String(128), nullable=False),
+    Column("src", String(64), nullable=False),
+    Column("pkg_id", String(36), nullable=False),
+    Column("key", String(512), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # open|resolved
+    Column("created", Float, nullable=False),
+    Column("resolved_at", Float),
+    Column("resolution", String(16)),  # incoming|current
+    Column("change", LargeBinary, nullable=False),
+    Column("current", LargeBinary),
+    Index("ix_conflicts_open", "status", "resource"),
+)
+
+notices = Table(
+    "notices", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("resource", String(128), nullable=False),
+    Column("src", String(64), nullable=False),
+    Column("pkg_id", String(36), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("items", LargeBinary, nullable=False),
+)
+
+sync_jobs = Table(
+    "sync_jobs", metadata,
+    Column("resource", String(128), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # initial
+    Column("status", String(16), nullable=False),  # running|done|failed
+    Column("rows", BigInteger, nullable=False, default=0),
+    Column("total", BigInteger),
+    Column("started", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("error", Text),
+    Column("after_key", LargeBinary),
+)
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
