@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-core bench-rules clean venv
+.PHONY: demo test lint bench-core bench-rules bench-sync clean venv
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ lint: $(STAMP)
 
 bench-core: $(STAMP)
 	$(BIN)/python bench/bench_core.py
+
+bench-rules: $(STAMP)
+	$(BIN)/python bench/bench_rules.py
+
+bench-sync: $(STAMP)
+	$(BIN)/python bench/bench_sync.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

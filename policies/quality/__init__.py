@@ -30,7 +30,15 @@ from .model import (
     Violation,
 )
 from .registry import RuleRegistry, builtin_registry
-from .spec import CleanerSpec, CodeTableSpec, CompileContext, RuleSetSpec, RuleSpec, load_code_table
+from .spec import (
+    CleanerSpec,
+    CodeTableSpec,
+    CompileContext,
+    RuleSetSpec,
+    RuleSpec,
+    StrCleaner,
+    load_code_table,
+)
 
 __all__ = [
     "BatchCheck",
@@ -46,6 +54,7 @@ __all__ = [
     "RuleSetSpec",
     "RuleSpec",
     "RuleSpecError",
+    "StrCleaner",
     "ValueCheck",
     "Violation",
     "builtin_registry",

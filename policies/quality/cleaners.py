@@ -1,16 +1,15 @@
-"""Built-in cleaning steps (清洗), run before the rules. Non-string values pass unchanged."""
+"""Built-in cleaning steps, run before the rules. Non-string values pass unchanged."""
 
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from operator import methodcaller
 
 from pydantic import Field, field_validator
 
 from .dates import parse_loose_date
-from .spec import CleanerSpec, CompileContext
+from .spec import CleanerSpec, CompileContext, StrCleaner
 
 __all__ = [
     "DateStep",
@@ -21,8 +20,6 @@ __all__ = [
     "UpperStep",
 ]
 
-Cleaner = Callable[[Any], Any]
-
 
 class TrimStep(CleanerSpec):
     """Strip leading and trailing whitespace (including the ideographic space U+3000)."""
@@ -31,13 +28,12 @@ class TrimStep(CleanerSpec):
         None, min_length=1, description="Strip these characters instead of whitespace."
     )
 
-    def compile(self, ctx: CompileContext) -> Cleaner:
-        chars = self.chars
+    def compile(self, ctx: CompileContext) -> StrCleaner:
+        return StrCleaner(str.strip if self.chars is None else methodcaller("strip", self.chars))
 
-        def clean(v: Any) -> Any:
-            return v.strip(chars) if isinstance(v, str) else v
 
-        return clean
+def _nfkc(text: str) -> str:
+    return text if text.isascii() else unicodedata.normalize("NFKC", text)
 
 
 class HalfwidthStep(CleanerSpec):
@@ -46,35 +42,34 @@ class HalfwidthStep(CleanerSpec):
     NFKC also folds other compatibility characters (① -> 1, ㎡ -> m2).
     """
 
-    def compile(self, ctx: CompileContext) -> Cleaner:
-        normalize = unicodedata.normalize
-
-        def clean(v: Any) -> Any:
-            if isinstance(v, str) and not v.isascii():
-                return normalize("NFKC", v)
-            return v
-
-        return clean
+    def compile(self, ctx: CompileContext) -> StrCleaner:
+        return StrCleaner(_nfkc)
 
 
 class UpperStep(CleanerSpec):
-    """Convert to upper case (e.g. the check letter X of a citizen ID)."""
+    """Convert to upper case (e.g. the check letter x of a citizen ID)."""
 
-    def compile(self, ctx: CompileContext) -> Cleaner:
-        def clean(v: Any) -> Any:
-            return v.upper() if isinstance(v, str) else v
-
-        return clean
+    def compile(self, ctx: CompileContext) -> StrCleaner:
+        return StrCleaner(str.upper)
 
 
 class LowerStep(CleanerSpec):
     """Convert to lower case."""
 
-    def compile(self, ctx: CompileContext) -> Cleaner:
-        def clean(v: Any) -> Any:
-            return v.lower() if isinstance(v, str) else v
+    def compile(self, ctx: CompileContext) -> StrCleaner:
+        return StrCleaner(str.lower)
 
-        return clean
+
+def _iso_shaped(v: str) -> bool:
+    return (
+        len(v) == 10
+        and v[4] == "-"
+        and v[7] == "-"
+        and v.isascii()
+        and v[:4].isdigit()
+        and v[5:7].isdigit()
+        and v[8:].isdigit()
+    )
 
 
 class DateStep(CleanerSpec):
@@ -100,23 +95,12 @@ class DateStep(CleanerSpec):
                 raise ValueError(f"format {fmt!r} has no strptime directive such as %Y")
         return value
 
-    def compile(self, ctx: CompileContext) -> Cleaner:
+    def compile(self, ctx: CompileContext) -> StrCleaner:
         formats = tuple(self.formats)
         as_date = self.as_date
 
-        def clean(v: Any) -> Any:
-            if not isinstance(v, str):
-                return v
-            if (
-                not as_date
-                and len(v) == 10
-                and v[4] == "-"
-                and v[7] == "-"
-                and v.isascii()
-                and v[:4].isdigit()
-                and v[5:7].isdigit()
-                and v[8:].isdigit()
-            ):
+        def clean(v: str) -> object:
+            if not as_date and _iso_shaped(v):
                 return v  # already ISO-shaped; validity is the rules' business
             d = parse_loose_date(v)
             if d is None:
@@ -130,7 +114,7 @@ class DateStep(CleanerSpec):
                 return v
             return d if as_date else d.isoformat()
 
-        return clean
+        return StrCleaner(clean, keeps_str=not as_date)
 
 
 class EmptyToNullStep(CleanerSpec):
@@ -138,14 +122,14 @@ class EmptyToNullStep(CleanerSpec):
 
     whitespace: bool = Field(True, description="Also turn whitespace-only strings into NULL.")
 
-    def compile(self, ctx: CompileContext) -> Cleaner:
+    def compile(self, ctx: CompileContext) -> StrCleaner:
         if self.whitespace:
 
-            def clean(v: Any) -> Any:
-                return None if isinstance(v, str) and not v.strip() else v
+            def clean(v: str) -> str | None:
+                return v if v and not v.isspace() else None
         else:
 
-            def clean(v: Any) -> Any:
-                return None if isinstance(v, str) and not v else v
+            def clean(v: str) -> str | None:
+                return v or None
 
-        return clean
+        return StrCleaner(clean, keeps_str=False)

@@ -1,11 +1,12 @@
-"""Compiling a rule set, and checking batches of rows against it (数据规则约束检查).
+"""Compiling a rule set, and checking batches of rows against it.
 
-Checking works column by column: each field's values are cleaned, then its value
-checks run once per *distinct* value of the batch (a citizen ID, a code or a
-status is validated once however many rows carry it), and only failing values are
-mapped back to rows. Batch checks (uniqueness, shared-library and reference
-lookups, cross-field consistency) see whole columns, so each lookup is one call
-per chunk of distinct values rather than one per row.
+Checking works column by column, with no per-row objects: each field's values are
+cleaned, then its value checks (closures built once by compile_ruleset) run over
+the column's values -- once per *distinct* value where the column repeats values,
+so a code, a status or an employer's USCC is validated once per batch however many
+rows carry it -- and only failing values are mapped back to rows. Batch checks
+(uniqueness, shared-library and reference lookups, cross-field consistency) see
+whole columns, so a lookup is one call per chunk of distinct values, not per row.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import difflib
 import numbers
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date
-from operator import itemgetter
+from functools import partial
+from itertools import compress, repeat
+from operator import is_, is_not, itemgetter, ne, not_
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
@@ -32,7 +35,14 @@ from .model import (
     Violation,
 )
 from .registry import RuleRegistry, builtin_registry
-from .spec import CleanerSpec, CompileContext, RuleSetSpec, RuleSpec, load_code_table
+from .spec import (
+    CleanerSpec,
+    CompileContext,
+    RuleSetSpec,
+    RuleSpec,
+    StrCleaner,
+    load_code_table,
+)
 
 __all__ = ["RuleSet", "compile_ruleset"]
 
@@ -73,19 +83,79 @@ def _violation(check: ValueCheck, value: Any) -> Violation:
     return Violation(check.rule, check.field, _tidy(reason))
 
 
-def _bad_values(ok: Callable[[Any], bool], values: set[Any]) -> list[Any]:
+def _bad_values(check: ValueCheck, values: list[Any]) -> list[Any]:
+    """The failing ones among distinct non-NULL values; a check that raises fails the value."""
+    if check.many is not None:
+        try:
+            return list(check.many(values))
+        except Exception:
+            pass
+    ok = check.ok
     try:
         return [v for v in values if not ok(v)]
     except Exception:
         return [v for v in values if not _safe_ok(ok, v)]
 
 
-def _mixed_numbers(values: set[Any]) -> bool:
-    """True if equal numbers of different types (1, 1.0, True) may have been merged."""
-    types = set(map(type, values))
-    if len(types) < 2:
-        return False
-    return sum(1 for t in types if issubclass(t, numbers.Number)) > 1
+# A column's values are checked through a "value list": its non-NULL values, each
+# once where the column repeats values (a citizen ID or a status is validated once per
+# batch however many rows carry it), plus whether the column has NULLs. Distinct
+# values are collected as dict keys rather than in a set: a dict keeps the column's
+# order, roughly the values' order in memory, and iterating in that order is several
+# times faster than in hash order on large batches. Columns whose values look unique
+# are not de-duplicated at all, which would only cost time.
+#
+# A value list is (values, has_null, by_identity). by_identity: the values are the
+# column's own objects, not de-duplicated, so failures map back to rows by id().
+Values = tuple[list[Any], bool, bool]
+
+_SAMPLE = 4096
+_not_none = partial(is_not, None)
+
+
+def _numeric_mix(col: list[Any]) -> bool:
+    """True if the column has numbers of several types (1, 1.0 and True are equal keys)."""
+    types = set(map(type, col))
+    return len(types) > 1 and sum(1 for t in types if issubclass(t, numbers.Number)) > 1
+
+
+def _looks_unique(col: list[Any]) -> bool | None:
+    """Whether the column's values look all distinct; None if unhashable.
+
+    By the birthday paradox, even a column with ten rows per value shows only a few
+    percent of repeats in a sample of a few thousand rows, so the bar is strict.
+    """
+    sample = col[:_SAMPLE]
+    try:
+        return len(sample) - len(set(sample)) <= len(sample) // 500
+    except TypeError:
+        return None
+
+
+def _values(col: list[Any]) -> Values | None:
+    """The value list of a column, or None if it must be checked row by row.
+
+    Row by row is for unhashable values and for numbers of mixed types, which
+    would be merged as keys although a check may tell them apart.
+    """
+    unique = _looks_unique(col)
+    if unique is None:
+        return None
+    if unique:
+        if _numeric_mix(col):
+            return None
+        # Identity tests in C: ``None in col`` would call __eq__ on every value.
+        has_null = any(map(is_, col, repeat(None)))
+        return (list(filter(_not_none, col)) if has_null else col), has_null, True
+    try:
+        distinct = dict.fromkeys(col)
+    except TypeError:
+        return None
+    if _numeric_mix(col):
+        return None
+    has_null = None in distinct
+    todo = [v for v in distinct if v is not None] if has_null else list(distinct)
+    return todo, has_null, False
 
 
 def _rowwise(col: list[Any], checks: list[ValueCheck]) -> dict[int, Violation]:
@@ -100,51 +170,154 @@ def _rowwise(col: list[Any], checks: list[ValueCheck]) -> dict[int, Violation]:
     return out
 
 
-def _field_failures(col: list[Any], checks: list[ValueCheck]) -> dict[int, Violation]:
-    """Row index -> first violation, running each check once per distinct value."""
-    try:
-        distinct = set(col)
-    except TypeError:
+def _field_failures(
+    col: list[Any], checks: list[ValueCheck], values: Values | None
+) -> dict[int, Violation]:
+    """Row index -> first violation of the field's checks, run over its value list.
+
+    A value that fails one check is not given to the field's later checks.
+    """
+    if values is None:
         return _rowwise(col, checks)
-    if len(distinct) > 1 and _mixed_numbers(distinct):
-        return _rowwise(col, checks)
-    has_null = None in distinct
-    distinct.discard(None)
-    bad: dict[Any, Violation] = {}
-    for check in checks:
-        if has_null and check.sees_null and not _safe_ok(check.ok, None):
-            bad[None] = _violation(check, None)
-            has_null = False
-        if distinct:
-            failing = _bad_values(check.ok, distinct)
-            if failing:
-                for v in failing:
-                    bad[v] = _violation(check, v)
-                distinct.difference_update(failing)
-    if not bad:
-        return {}
-    return {i: bad[v] for i, v in enumerate(col) if v in bad}
-
-
-def _chain(steps: list[Cleaner]) -> Cleaner:
-    if len(steps) == 1:
-        return steps[0]
-
-    def run(v: Any) -> Any:
-        for step in steps:
-            v = step(v)
-            if v is None:
-                return None
-        return v
-
-    return run
-
-
-def _safe_clean(fn: Cleaner, v: Any) -> Any:
+    todo, has_null, by_identity = values
+    bad: dict[Any, Violation] = {}  # keyed by value, or by id(value)
+    key = id if by_identity else None
+    null_violation = None
     try:
-        return fn(v)
+        for n, check in enumerate(checks, start=1):
+            if has_null and check.sees_null and not _safe_ok(check.ok, None):
+                null_violation = _violation(check, None)
+                has_null = False
+            if not todo:
+                continue
+            failing = _bad_values(check, todo)
+            if not failing:
+                continue
+            for v in failing:
+                k = v if key is None else key(v)
+                if k not in bad:
+                    bad[k] = _violation(check, v)
+            if n < len(checks):
+                keys = todo if key is None else map(key, todo)
+                todo = list(compress(todo, map(not_, map(bad.__contains__, keys))))
+        out: dict[int, Violation] = {}
+        if bad:
+            keys = col if key is None else map(key, col)
+            for i in compress(range(len(col)), map(bad.__contains__, keys)):
+                out[i] = bad[col[i] if key is None else key(col[i])]
+        if null_violation is not None:
+            for i in compress(range(len(col)), map(is_, col, repeat(None))):
+                out[i] = null_violation
+        return out
+    except TypeError:  # an unhashable value in a column that looked unique
+        return _rowwise(col, checks)
+
+
+Step = Cleaner | StrCleaner
+
+
+def _clean_one(steps: list[Step], v: Any) -> Any:
+    """Run a chain of cleaning steps on one value; a step that raises leaves it as it was."""
+    for step in steps:
+        if v is None:
+            return None
+        try:
+            if isinstance(step, StrCleaner):
+                if isinstance(v, str):
+                    v = step.fn(v)
+            else:
+                v = step(v)
+        except Exception:
+            continue
+    return v
+
+
+def _clean_many(steps: list[Step], values: list[Any], all_str: bool) -> list[Any]:
+    """Run a chain of cleaning steps over many values (None passes), step by step."""
+    cur = values
+    for step in steps:
+        if isinstance(step, StrCleaner):
+            fn = step.fn
+            if all_str:
+                cur = list(map(fn, cur))
+            else:
+                cur = [fn(x) if isinstance(x, str) else x for x in cur]
+            all_str = all_str and step.keeps_str
+        else:
+            cur = [x if x is None else step(x) for x in cur]
+            all_str = False
+    return cur
+
+
+def _changed(before: list[Any], after: list[Any]) -> list[int]:
+    """Positions where a cleaned value differs from the original (C loops first)."""
+    try:
+        maybe: Iterable[int] = list(compress(range(len(before)), map(ne, before, after)))
     except Exception:
-        return v
+        maybe = range(len(before))
+    out = []
+    for k in maybe:
+        v, c = before[k], after[k]
+        try:
+            same = c is v or (type(c) is type(v) and bool(c == v))
+        except Exception:
+            same = False
+        if not same:
+            out.append(k)
+    return out
+
+
+def _clean_column(
+    rows: list[dict[str, Any]], field: str, steps: list[Step]
+) -> tuple[list[Any], Values | None]:
+    """Clean one field of every row in place; return the cleaned column and its value list.
+
+    Repeated values are cleaned once; only rows whose value changed are written.
+    """
+    col = _column(rows, field)
+    str_only = all(isinstance(step, StrCleaner) for step in steps)
+    unique = _looks_unique(col)
+    distinct: dict[Any, None] | None = None
+    if unique is False:
+        try:
+            distinct = dict.fromkeys(col)
+        except TypeError:
+            distinct = None
+    if distinct is None:
+        # Values look unique (or are unhashable): clean every row.
+        all_str = str_only and set(map(type, col)) == {str}
+        try:
+            new = _clean_many(steps, col, all_str)
+        except Exception:
+            new = [v if v is None else _clean_one(steps, v) for v in col]
+        for i in _changed(col, new):
+            rows[i][field] = new[i]
+        return new, _values(new)
+
+    strings = [v for v in distinct if isinstance(v, str)]
+    if len(strings) + (None in distinct) < len(distinct) and _numeric_mix(col):
+        new = [v if v is None else _clean_one(steps, v) for v in col]
+        for i in _changed(col, new):
+            rows[i][field] = new[i]
+        return new, None
+    todo = strings if str_only else [v for v in distinct if v is not None]
+    try:
+        out = _clean_many(steps, todo, str_only)
+    except Exception:
+        out = [_clean_one(steps, v) for v in todo]
+    changes = {todo[k]: out[k] for k in _changed(todo, out)}
+    if changes:
+        for i in list(compress(range(len(col)), map(changes.__contains__, col))):
+            col[i] = value = changes[col[i]]
+            rows[i][field] = value
+        if any(c is not None and not isinstance(c, str) for c in changes.values()):
+            return col, _values(col)  # non-strings came out: start afresh
+        for v in changes:
+            del distinct[v]
+        distinct.update(dict.fromkeys(changes.values()))
+    has_null = None in distinct
+    todo = [v for v in distinct if v is not None] if has_null else list(distinct)
+    return col, (todo, has_null, False)
 
 
 class RuleSet:
@@ -153,7 +326,7 @@ class RuleSet:
     def __init__(
         self,
         resource: str,
-        steps: list[tuple[list[str] | Literal["*"], Cleaner]],
+        steps: list[tuple[list[str] | Literal["*"], Step]],
         checks: list[ValueCheck | BatchCheck],
         *,
         exists: ExistsFn | None = None,
@@ -191,24 +364,13 @@ class RuleSet:
         n = sum(len(c) for c in self._value.values()) + len(self._batch)
         return f"<RuleSet {self.resource!r}: {len(self._steps)} cleaning steps, {n} checks>"
 
-    def _plan(self, present: set[str]) -> list[tuple[str, Cleaner]]:
-        per_field: dict[str, list[Cleaner]] = {}
+    def _plan(self, present: set[str]) -> list[tuple[str, list[Step]]]:
+        per_field: dict[str, list[Step]] = {}
         for fields, fn in self._steps:
             targets = sorted(present) if fields == "*" else fields
             for f in targets:
                 per_field.setdefault(f, []).append(fn)
-        return [(f, _chain(fns)) for f, fns in per_field.items()]
-
-    @staticmethod
-    def _clean(rows: list[dict[str, Any]], field: str, fn: Cleaner) -> list[Any]:
-        col = _column(rows, field)
-        try:
-            new = [v if v is None else fn(v) for v in col]
-        except Exception:
-            new = [v if v is None else _safe_clean(fn, v) for v in col]
-        for i in [i for i, a, b in zip(range(len(col)), col, new, strict=True) if a is not b]:
-            rows[i][field] = new[i]
-        return new
+        return list(per_field.items())
 
     def check(
         self,
@@ -239,26 +401,31 @@ class RuleSet:
         for prepare in self._prepare:
             prepare()
 
+        # 1. Cleaning, column by column.
         cols: dict[str, list[Any]] = {}
+        value_lists: dict[str, Values | None] = {}
         if self._fixed_plan is not None:
             plan = self._fixed_plan
         else:
-            present: set[str] = set()
             first = rows[0].keys()
-            present.update(first)
+            present = set(first)
             for r in rows:
                 if r.keys() != first:
                     present.update(r.keys())
             plan = self._plan(present)
-        for field, fn in plan:
-            cols[field] = self._clean(rows, field, fn)
+        for field, field_steps in plan:
+            cols[field], value_lists[field] = _clean_column(rows, field, field_steps)
 
+        # 2. Value checks, over each field's value list.
         failures: dict[int, list[Violation]] = {}
         for field, checks in self._value.items():
             col = cols.get(field)
             if col is None:
                 col = _column(rows, field)
-            fails = _field_failures(col, checks)
+                values = _values(col)
+            else:
+                values = value_lists[field]
+            fails = _field_failures(col, checks, values)
             if fails:
                 for i, violation in fails.items():
                     if i in failures:
@@ -271,6 +438,7 @@ class RuleSet:
                         col[i] = None
             cols[field] = col
 
+        # 3. Batch checks on whole columns (values that failed above are None here).
         for b in self._batch:
             inputs = []
             for f in b.inputs:
@@ -412,15 +580,17 @@ def compile_ruleset(
         sensitive.update(model.sensitive_fields())
     ctx = CompileContext(resource, tables, sensitive)
 
-    compiled_steps: list[tuple[list[str] | Literal["*"], Cleaner]] = []
+    compiled_steps: list[tuple[list[str] | Literal["*"], Step]] = []
     for where, step in steps:
         try:
             fn = step.compile(ctx)
         except (ValueError, TypeError, KeyError) as exc:
             raise RuleSpecError(f"{where}: {exc}", resource=resource, rule=step.step) from None
-        if not callable(fn):
+        if not (isinstance(fn, StrCleaner) or callable(fn)):
             raise RuleSpecError(
-                f"{where}: compile() must return a callable", resource=resource, rule=step.step
+                f"{where}: compile() must return a callable or a StrCleaner",
+                resource=resource,
+                rule=step.step,
             )
         compiled_steps.append((step.fields, fn))
 

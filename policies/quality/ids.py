@@ -66,7 +66,7 @@ def _area(code: str) -> int:
     if kind is None:
         info = {k: v for _, props in numdb.get("cn/loc").info(code) for k, v in props.items()}
         counties = info.get("county")
-        if not counties:
+        if counties is None:
             # Unknown code; stdnum raises InvalidComponent (or KeyError when only
             # the province part is known).
             kind = _NEVER
@@ -99,13 +99,23 @@ _ric_check_digit = ric.calc_check_digit
 
 def is_citizen_id(value: Any) -> bool:
     """True if ``value`` is a valid 18-digit citizen ID, as ``stdnum.cn.ric.is_valid``."""
-    if type(value) is not str:
-        return isinstance(value, str) and _ric_is_valid(value)
-    if len(value) == 18 and value.isascii() and value[:17].isdigit():
-        last = value[17]
-        if last != "x":
-            return last == _ric_check_digit(value) and _ric_date_ok(value) and _ric_place_ok(value)
-    return _ric_is_valid(value)
+    if type(value) is str and len(value) == 18 and value.isascii():
+        # Canonical form (what stdnum's compact() returns): run validate()'s steps.
+        if value.isdigit() or (value[17] == "X" and value[:17].isdigit()):
+            if value[17] != _ric_check_digit(value):
+                return False
+            ok = _birth_date_ok.get(value[6:14])
+            if ok is None:
+                ok = _ric_date_ok(value)
+            if not ok:
+                return False
+            kind = _area_kind.get(value[:6])
+            if kind is None:
+                kind = _area(value[:6])
+            if kind != _BY_YEAR:
+                return kind == _ALWAYS
+            return _ric_place_ok(value)
+    return isinstance(value, str) and _ric_is_valid(value)
 
 
 def _ric_is_valid(value: str) -> bool:
@@ -171,12 +181,15 @@ def uscc_error(value: Any) -> str | None:
 def mask_id(value: Any) -> str:
     """Mask a personal number for logs: keep the first 6 and last 2 characters.
 
-    Values of 8 characters or fewer are masked completely.
+    That is for ID-length values (15 characters or more); shorter ones keep only the
+    first 2 and last 2, and those of 6 characters or fewer are masked completely.
     """
     text = value if isinstance(value, str) else str(value)
-    if len(text) <= 8:
-        return "*" * len(text)
-    return text[:6] + "*" * (len(text) - 8) + text[-2:]
+    n = len(text)
+    if n <= 6:
+        return "*" * n
+    head = 6 if n >= 15 else 2
+    return text[:head] + "*" * (n - head - 2) + text[-2:]
 
 
 _ID_LIKE = re.compile(r"(?<![0-9A-Za-z])(?:[0-9]{17}[0-9Xx]|[0-9]{15})(?![0-9A-Za-z])")

@@ -75,8 +75,10 @@ class ValueCheck:
     ``ok(value)`` says whether a value passes; ``reason(value)`` explains a failure
     in one line. NULL values (None) are skipped unless ``sees_null`` is set. The
     engine runs ``ok`` once per distinct value of a batch where it can, so it must
-    be a pure function of the value. ``prepare`` (optional) is called once at the
-    start of every batch, e.g. to refresh "today".
+    be a pure function of the value. Optional: ``many(values)`` returns the failing
+    ones among a list of non-NULL values at once (a faster equivalent of filtering
+    with ``ok``; it must return the very objects it was given); ``prepare()`` is
+    called at the start of every batch, e.g. to refresh "today".
     """
 
     rule: str
@@ -85,6 +87,7 @@ class ValueCheck:
     reason: Callable[[Any], str]
     sees_null: bool = False
     prepare: Callable[[], None] | None = None
+    many: Callable[[Iterable[Any]], list[Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

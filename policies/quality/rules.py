@@ -9,7 +9,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
-from itertools import count
+from itertools import compress, count, repeat
+from operator import is_, ne
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -64,12 +65,17 @@ class RequiredRule(RuleSpec):
         else:
 
             def ok(v: Any) -> bool:
-                return v is not None and not (isinstance(v, str) and not v.strip())
+                return v is not None and not (isinstance(v, str) and (not v or v.isspace()))
 
         def reason(v: Any) -> str:
             return "value is missing" if v is None else "value is blank"
 
-        return [self.value_check(f, ok, reason, sees_null=True) for f in self.targets()]
+        def many(values: Iterable[Any]) -> list[Any]:
+            if self.allow_blank:
+                return []
+            return [v for v in values if isinstance(v, str) and (not v or v.isspace())]
+
+        return [self.value_check(f, ok, reason, sees_null=True, many=many) for f in self.targets()]
 
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
@@ -207,13 +213,16 @@ class TypeRule(RuleSpec):
         else:
             ok = _is_bool
 
+        limits = []
+        if self.max_digits is not None:
+            limits.append(f"at most {self.max_digits} digits")
+        if self.decimal_places is not None:
+            limits.append(f"at most {self.decimal_places} after the point")
+        detail = f" ({', '.join(limits)})" if limits else ""
+
         def reason(v: Any, field: str) -> str:
-            detail = ""
-            if kind == "decimal" and to_number(v) is not None:
-                detail = (
-                    f" (at most {self.max_digits} digits, {self.decimal_places} after the point)"
-                )
-            return f"{ctx.show(field, v)} is not a valid {kind}{detail}"
+            extra = detail if kind == "decimal" and to_number(v) is not None else ""
+            return f"{ctx.show(field, v)} is not a valid {kind}{extra}"
 
         return [self.value_check(f, ok, lambda v, f=f: reason(v, f)) for f in self.targets()]
 
@@ -260,6 +269,11 @@ class LengthRule(RuleSpec):
             def ok(v: Any) -> bool:
                 return lo <= size(v) <= hi
 
+        def many(values: Iterable[Any]) -> list[Any]:
+            if enc is not None:
+                return [v for v in values if not ok(v)]
+            return [v for v in values if not lo <= len(v if type(v) is str else str(v)) <= hi]
+
         unit = f" bytes ({enc})" if enc else ""
 
         def reason(v: Any) -> str:
@@ -268,7 +282,7 @@ class LengthRule(RuleSpec):
                 return f"length {n}{unit} is below the minimum {lo}"
             return f"length {n}{unit} is above the maximum {hi}"
 
-        return [self.value_check(f, ok, reason) for f in self.targets()]
+        return [self.value_check(f, ok, reason, many=many) for f in self.targets()]
 
 
 class PatternRule(RuleSpec):
@@ -292,15 +306,21 @@ class PatternRule(RuleSpec):
         def ok(v: Any) -> bool:
             return match(v if type(v) is str else str(v)) is not None
 
+        def many(values: Iterable[Any]) -> list[Any]:
+            return [v for v in values if match(v if type(v) is str else str(v)) is None]
+
         return [
             self.value_check(
-                f, ok, lambda v, f=f: f"{ctx.show(f, v)} does not match pattern {shown}"
+                f, ok, lambda v, f=f: f"{ctx.show(f, v)} does not match pattern {shown}", many=many
             )
             for f in self.targets()
         ]
 
 
-def _membership(allowed: frozenset[Any], fold: bool) -> Callable[[Any], bool]:
+def _membership(
+    allowed: frozenset[Any], fold: bool
+) -> tuple[Callable[[Any], bool], Callable[[Iterable[Any]], list[Any]]]:
+    """``ok`` and ``many`` for "value is in ``allowed``"; numbers match their strings."""
     as_text = frozenset(str(a) for a in allowed)
     if fold:
         folded = frozenset(a.casefold() for a in as_text)
@@ -308,12 +328,20 @@ def _membership(allowed: frozenset[Any], fold: bool) -> Callable[[Any], bool]:
         def ok(v: Any) -> bool:
             return (v if type(v) is str else str(v)).casefold() in folded
 
-        return ok
+        def many(values: Iterable[Any]) -> list[Any]:
+            return [v for v in values if not ok(v)]
+
+        return ok, many
+
+    allowed = allowed | as_text
 
     def ok(v: Any) -> bool:
         return v in allowed or (type(v) is not str and str(v) in as_text)
 
-    return ok
+    def many(values: Iterable[Any]) -> list[Any]:
+        return [v for v in values if v not in allowed and (type(v) is str or str(v) not in as_text)]
+
+    return ok, many
 
 
 class EnumRule(RuleSpec):
@@ -323,17 +351,18 @@ class EnumRule(RuleSpec):
     ignore_case: bool = Field(False, description="Compare strings case-insensitively.")
 
     def compile(self, ctx: CompileContext) -> Checks:
-        allowed = frozenset(self.values)
-        ok = _membership(allowed, self.ignore_case)
+        ok, many = _membership(frozenset(self.values), self.ignore_case)
         listed = _preview(self.values)
         return [
-            self.value_check(f, ok, lambda v, f=f: f"{ctx.show(f, v)} is not one of {listed}")
+            self.value_check(
+                f, ok, lambda v, f=f: f"{ctx.show(f, v)} is not one of {listed}", many=many
+            )
             for f in self.targets()
         ]
 
 
 class CodeTableRule(RuleSpec):
-    """The value is a code of a named code table (代码表), e.g. division codes (行政区划代码)."""
+    """The value is a code of a named code table, e.g. division codes (行政区划代码)."""
 
     table: str = Field(
         min_length=1,
@@ -341,12 +370,11 @@ class CodeTableRule(RuleSpec):
     )
 
     def compile(self, ctx: CompileContext) -> Checks:
-        codes = ctx.code_table(self.table)
-        ok = _membership(codes, False)
+        ok, many = _membership(ctx.code_table(self.table), False)
         name = self.table
         return [
             self.value_check(
-                f, ok, lambda v, f=f: f"{ctx.show(f, v)} is not in code table {name!r}"
+                f, ok, lambda v, f=f: f"{ctx.show(f, v)} is not in code table {name!r}", many=many
             )
             for f in self.targets()
         ]
@@ -379,12 +407,54 @@ class RangeRule(RuleSpec):
         hi = _tight(self.max)
         above = operator.gt if self.exclusive_min else operator.ge
         below = operator.lt if self.exclusive_max else operator.le
+        too_low = operator.le if self.exclusive_min else operator.lt
+        too_high = operator.ge if self.exclusive_max else operator.gt
 
         def ok(v: Any) -> bool:
             x = v if type(v) is int else to_number(v)
             if x is None:
                 return False
             return (lo is None or above(x, lo)) and (hi is None or below(x, hi))
+
+        inclusive = not (self.exclusive_min or self.exclusive_max)
+        dlo = self.min if self.min is not None else Decimal("-Infinity")
+        dhi = self.max if self.max is not None else Decimal("Infinity")
+        int_bounds = (lo is None or type(lo) is int) and (hi is None or type(hi) is int)
+        ilo = lo if lo is not None else -math.inf
+        ihi = hi if hi is not None else math.inf
+
+        def many(values: Iterable[Any]) -> list[Any]:
+            vals = values if isinstance(values, set | frozenset | list) else list(values)
+            if not vals:
+                return []
+            # All ints, or all Decimals (no NaN: min() raises on it): if the extremes
+            # are finite, compare every value with bounds of its own type in C loops.
+            types = set(map(type, vals))
+            if types == {int} or types == {Decimal}:
+                try:
+                    low, high = min(vals), max(vals)
+                    if types == {int} or (low.is_finite() and high.is_finite()):
+                        bound_lo, bound_hi = (lo, hi) if types == {int} else (self.min, self.max)
+                        out: list[Any] = []
+                        if bound_lo is not None and not above(low, bound_lo):
+                            out += compress(vals, map(too_low, vals, repeat(bound_lo)))
+                        if bound_hi is not None and not below(high, bound_hi):
+                            out += compress(vals, map(too_high, vals, repeat(bound_hi)))
+                        return out
+                except ArithmeticError:
+                    pass
+            if inclusive:
+                # Pass finite Decimals and ints within bounds of their own type in one
+                # comprehension; whatever is left gets the full ``ok``.
+                vals = [
+                    v
+                    for v in vals
+                    if not (
+                        ((t := type(v)) is Decimal and v.is_finite() and dlo <= v <= dhi)
+                        or (t is int and int_bounds and ilo <= v <= ihi)
+                    )
+                ]
+            return [v for v in vals if not ok(v)]
 
         def reason(v: Any, field: str) -> str:
             x = to_number(v)
@@ -396,7 +466,9 @@ class RangeRule(RuleSpec):
             word = "at or above" if self.exclusive_max else "above"
             return f"{ctx.show(field, v)} is {word} the maximum {hi}"
 
-        return [self.value_check(f, ok, lambda v, f=f: reason(v, f)) for f in self.targets()]
+        return [
+            self.value_check(f, ok, lambda v, f=f: reason(v, f), many=many) for f in self.targets()
+        ]
 
 
 def _tight(bound: Decimal | None) -> int | Decimal | None:
@@ -517,7 +589,7 @@ class DateValidRule(RuleSpec):
 
 
 class CitizenIdRule(RuleSpec):
-    """The value is a valid 18-digit citizen ID (公民身份号码, GB 11643), via python-stdnum."""
+    """The value is a valid 18-digit citizen ID (GB 11643), checked with python-stdnum."""
 
     def sensitive_fields(self) -> list[str]:
         return self.targets()
@@ -534,7 +606,7 @@ class CitizenIdRule(RuleSpec):
 
 
 class UsccRule(RuleSpec):
-    """The value is a valid unified social credit code (统一社会信用代码, GB 32100)."""
+    """The value is a valid unified social credit code (GB 32100), checked with python-stdnum."""
 
     def compile(self, ctx: CompileContext) -> Checks:
         return [
@@ -624,22 +696,24 @@ class UniqueRule(RuleSpec):
                 keys: list[Any] = cols[0]
             else:
                 keys = [None if None in k else k for k in zip(*cols, strict=True)]
+            n = len(keys)
             try:
-                distinct = set(keys)
+                last = dict(zip(keys, range(n), strict=True))  # value -> index of last row
             except TypeError:
                 keys = [k if _hashable(k) else repr(k) for k in keys]
-                distinct = set(keys)
-            nulls = keys.count(None)
-            if len(distinct) - (None in distinct) == len(keys) - nulls:
+                last = dict(zip(keys, range(n), strict=True))
+            if len(last) - (None in last) == n - sum(map(is_, keys, repeat(None))):
                 return []
-            counts = Counter(keys)
-            dups = {k: c for k, c in counts.items() if c > 1 and k is not None}
+            # Rows that are not the last of their value carry a duplicated value.
+            lasts = map(last.__getitem__, keys)
+            repeats = compress(range(n), map(ne, lasts, range(n)))
+            counts = Counter(k for k in map(keys.__getitem__, repeats) if k is not None)
             reasons = {
-                k: f"duplicate in batch: {shown(k)} occurs {c} times" for k, c in dups.items()
+                k: f"duplicate in batch: {shown(k)} occurs {c + 1} times" for k, c in counts.items()
             }
             out = []
             seen: set[Any] = set()
-            for i in _hits(keys, dups):
+            for i in _hits(keys, reasons):
                 k = keys[i]
                 if keep_first and k not in seen:
                     seen.add(k)
@@ -789,10 +863,12 @@ class CitizenIdMatchesRule(RuleSpec):
         id_field = self.targets()[0]
         birth, sex = self.birth_date, self.sex
         sex_parity: dict[Any, int] = {}
-        for code in self.male:
-            sex_parity[code] = sex_parity[str(code)] = 1
-        for code in self.female:
-            sex_parity[code] = sex_parity[str(code)] = 0
+        for parity, codes in ((1, self.male), (0, self.female)):
+            for code in codes:
+                text = str(code)
+                sex_parity[text] = parity
+                if text.isdecimal() and text.isascii():
+                    sex_parity[int(text)] = parity  # "1" in the spec matches 1 in the data
         inputs = (id_field,) + ((birth,) if birth else ()) + ((sex,) if sex else ())
 
         def birth_mismatches(ids: list[Any], births: list[Any]) -> Iterable[tuple[int, str]]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -40,6 +40,7 @@ __all__ = [
     "CompileContext",
     "RuleSetSpec",
     "RuleSpec",
+    "StrCleaner",
     "load_code_table",
 ]
 
@@ -139,9 +140,21 @@ class RuleSpec(BaseModel):
         *,
         sees_null: bool = False,
         prepare: Callable[[], None] | None = None,
+        many: Callable[[Iterable[Any]], list[Any]] | None = None,
     ) -> ValueCheck:
         """Helper: a :class:`ValueCheck` labelled with this rule."""
-        return ValueCheck(self.label, field, ok, reason, sees_null, prepare)
+        return ValueCheck(self.label, field, ok, reason, sees_null, prepare, many)
+
+
+class StrCleaner(NamedTuple):
+    """A cleaning function for string values only; any other value passes unchanged.
+
+    ``keeps_str`` promises that ``fn`` always returns a str, which lets the engine
+    run a chain of such steps over many values in C-level loops.
+    """
+
+    fn: Callable[[str], Any]
+    keeps_str: bool = True
 
 
 class CleanerSpec(BaseModel):
@@ -166,13 +179,16 @@ class CleanerSpec(BaseModel):
         where = "all fields" if self.fields == "*" else ", ".join(repr(f) for f in self.fields)
         return f"{self.step} on {where}"
 
-    def compile(self, ctx: CompileContext) -> Callable[[Any], Any]:
-        """Return ``clean(value) -> value``; never called with None; must not raise."""
+    def compile(self, ctx: CompileContext) -> Callable[[Any], Any] | StrCleaner:
+        """Return ``clean(value) -> value`` (never called with None), or a StrCleaner.
+
+        A cleaner should not raise; if it does, the value is left as it was.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement compile()")
 
 
 class CodeTableSpec(BaseModel):
-    """A named table of allowed codes (代码表), e.g. administrative division codes."""
+    """A named table of allowed codes, e.g. administrative division codes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -197,7 +213,7 @@ class CodeTableSpec(BaseModel):
 
 
 class RuleSetSpec(BaseModel):
-    """The declaration of one resource's cleaning steps and rules (数据规则约束)."""
+    """The declaration of one resource's cleaning steps and rules."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
