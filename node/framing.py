@@ -1,6 +1,7 @@
 """Transport frames: a whole package in one MQTT message, or chunks of one.
 
-Frame ``P`` + package wire bytes, or ``C`` + CBOR ``[pkg_id, index, count, sha256, data]``.
+A whole package (its wire bytes, which begin with ``EXN\x01``), or ``C`` + CBOR
+``[pkg_id, index, count, sha256, data]``.
 Chunks are reassembled in memory within a size and time budget, and the whole is
 checked against the hash before anyone reads it.
 """
@@ -13,17 +14,20 @@ from collections.abc import Iterator
 
 import cbor2
 
+from .envelope import MAGIC
 from .errors import PackageError
 
-WHOLE = b"P"
+# A whole package travels as its own wire bytes (they begin with the package magic
+# ``EXN\x01``), so the common case copies nothing; a chunk begins with ``C``.
+WHOLE = b""
 CHUNK = b"C"
 CHUNK_OVERHEAD = 128
 
 
 def frames(pkg_id: str, wire: bytes, max_message: int) -> Iterator[bytes]:
     """Split a package into MQTT messages no larger than ``max_message`` bytes."""
-    if len(wire) + 1 <= max_message:
-        yield WHOLE + wire
+    if len(wire) <= max_message:
+        yield wire
         return
     step = max_message - CHUNK_OVERHEAD
     count = (len(wire) + step - 1) // step
@@ -48,9 +52,9 @@ class Reassembler:
         """Return the package's wire bytes when complete, else None."""
         if not frame:
             raise PackageError("malformed", "empty message")
+        if frame.startswith(MAGIC):
+            return frame
         kind, body = frame[:1], frame[1:]
-        if kind == WHOLE:
-            return body
         if kind != CHUNK:
             raise PackageError("malformed", "unknown frame type")
         try:

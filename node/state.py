@@ -74,9 +74,15 @@ outbox = Table(
     Column("status", String(16), nullable=False),  # pending|delivered|refused|expired
     Column("done_at", Float),
     Column("reason", Text),
-    # Large columns go last: SQLite reads a row's columns in order, overflow pages too.
-    Column("blob", LargeBinary, nullable=False),  # emptied once the package is settled
     Index("ix_outbox_due", "status", "next_attempt"),
+)
+
+# The package bytes live apart from the outbox row: SQLite rewrites a whole row on every
+# UPDATE, and the row is updated on every attempt and on its receipt.
+outbox_blobs = Table(
+    "outbox_blobs", metadata,
+    Column("pkg_id", String(36), primary_key=True),
+    Column("blob", LargeBinary, nullable=False),  # deleted once the package is settled
 )
 
 seq_out = Table(

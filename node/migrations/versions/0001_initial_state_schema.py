@@ -88,6 +88,10 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('done_at', sa.Float(), nullable=True),
     sa.Column('reason', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('pkg_id')
+    )
+    op.create_table('outbox_blobs',
+    sa.Column('pkg_id', sa.String(length=36), nullable=False),
     sa.Column('blob', sa.LargeBinary(), nullable=False),
     sa.PrimaryKeyConstraint('pkg_id')
     )
@@ -139,6 +143,7 @@ def downgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_due')
 
+    op.drop_table('outbox_blobs')
     op.drop_table('outbox')
     op.drop_table('meta')
     op.drop_table('members')
