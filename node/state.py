@@ -208,6 +208,23 @@ sync_jobs = Table(
     Column("after_key", LargeBinary),
 )
 
+# Capture checkpoints (watermarks, consumed change ids, snapshot cursor) and the row
+# hashes of the last snapshot: see exnode.policies.capture.
+capture_state = Table(
+    "capture_state", metadata,
+    Column("resource", String(128), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+snapshot_rows = Table(
+    "snapshot_rows", metadata,
+    Column("resource", String(128), primary_key=True),
+    Column("key", LargeBinary, primary_key=True),  # encode_key(): sorts in key order
+    Column("hash", LargeBinary, nullable=False),
+)
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 

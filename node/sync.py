@@ -42,6 +42,7 @@ log = structlog.get_logger("exnode.sync")
 ROWS = "rows"
 ZERO = "zero"
 REJECTION = "rejection"
+APPLIED_DELETE = b""  # row_origin.hash of a row exnode deleted (see policies.capture)
 
 
 class Deferred(PackageError):
@@ -109,6 +110,10 @@ class SyncEngine:
         self.errors[rid] = why
 
     def close(self) -> None:
+        for st in self._strategies.values():
+            close = getattr(st, "close", None)
+            if close is not None:
+                close()
         for e in self._engines.values():
             e.dispose()
 
@@ -139,17 +144,10 @@ class SyncEngine:
         if st is None:
             spec = self.spec(rid)
             assert spec.capture is not None
-            ad = self.adapter(rid)
-            state = cap.SqlCaptureState(self.node.engine)
-            applied = self.applied_hash_lookup(rid)
-            kind = spec.capture.strategy
-            if kind == "snapshot":
-                st = cap.SnapshotCapture(ad, rid, state, applied_hashes=applied)
-            elif kind == "incremental":
-                st = cap.IncrementalCapture(ad, rid, state, spec.capture.column,
-                                            applied_hashes=applied)
-            else:
-                st = cap.TriggerCapture(ad, rid, state, self.engine(spec.database))
+            st = cap.make_capture(rid, spec, self.adapter(rid),
+                                  cap.SqlCaptureState(self.node.engine, create_tables=False),
+                                  engine=self.engine(spec.database),
+                                  applied_hashes=self.applied_hash_lookup(rid))
             self._strategies[rid] = st
         return st
 
@@ -182,6 +180,8 @@ class SyncEngine:
             self._strategies.pop(rid, None)
         spec = self.spec(rid)
         assert spec.capture is not None
+        if any(self.node.directory.get(d) is None for d in self.destinations(rid)):
+            return 0  # not enrolled yet, or the global configuration has not arrived
         try:
             st = self.strategy(rid)
             batch: ChangeBatch = st.capture(spec.capture.chunk_rows)
@@ -393,6 +393,8 @@ class SyncEngine:
             ad.apply(ChangeBatch(rid, changes, initial=batch.initial), h.id, h.src)
         except SchemaMismatch as e:
             self.stop_resource(rid, str(e))
+            self._adapters.pop(rid, None)  # reflect the table afresh on the next attempt
+            self._strategies.pop(rid, None)
             raise Deferred("resource-stopped", str(e)) from None
         self.errors.pop(rid, None)
         self._record_origins(ctx.conn, rid, h.src, ad, changes)
@@ -457,7 +459,7 @@ class SyncEngine:
                 continue
             seen.add(kt)
             rows.append({"resource": rid, "key": kt, "origin": origin, "updated_at": now,
-                         "hash": ad.row_hash(c.row) if c.row is not None else None})
+                         "hash": ad.row_hash(c.row) if c.row is not None else APPLIED_DELETE})
         conn.execute(row_origin.insert(), rows)
 
     def _record_fresh(self, conn: Connection, rid: str, node: str, now: float, changed: bool,

@@ -185,9 +185,9 @@ def test_inserts_updates_deletes_flow_bureau_center_bureau(sync_env, strategy):
     st = env.star.status("center")
     res = next(r for r in st["resources"] if r["resource"] == "people")
     assert any(n["node"] == "b1" for n in res["nodes"])
-    zero = db_rows(env.star, "b1", "SELECT count(*) FROM exchange_log WHERE kind='zero' "
-                   "AND event='created'")[0][0]
-    assert zero > 0
+    wait_until(lambda: db_rows(env.star, "center", "SELECT count(*) FROM exchange_log WHERE "
+                               "kind='zero' AND event='applied'")[0][0] > 0, 30, 0.5,
+               "a zero-update report at the center")
     for n in env.star.nodes:
         assert env.star.cli(n, "log", "verify").returncode == 0
 
