@@ -649,6 +649,38 @@ def sync_now(ctx: click.Context, resource: str) -> None:
     click.echo(f"capture of {resource} started")
 
 
+@sync.command("verify")
+@click.argument("resource")
+@click.option("--timeout", default=120.0, show_default=True, type=float)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def sync_verify(ctx: click.Context, resource: str, timeout: float, as_json: bool) -> None:
+    """Compare row counts and checksums of RESOURCE here and at its peers (at the center:
+    the owner and the subscribers); list differing keys. Exit 1 if they differ."""
+    from .control import call
+
+    rep = call(_cfg(ctx).socket_path, "POST", "/sync/verify",
+               {"resource": resource, "timeout": timeout}, timeout=timeout * 3 + 10)
+    if as_json:
+        _out(rep, True)
+    else:
+        click.echo(f"{resource}: " + ("all copies agree" if rep["ok"] else "copies DIFFER"))
+        for n in rep["nodes"]:
+            if "error" in n:
+                click.echo(f"  {n['node']:<16} {n['error']}")
+                continue
+            click.echo(f"  {n['node']:<16} {n['count']:>10} rows  checksum "
+                       f"{n['checksum'][:16]}  {'same' if n['same'] else 'DIFFERENT'}")
+            d = n.get("differences")
+            if d:
+                for what in ("missing_there", "extra_there", "different"):
+                    if d["counts"][what]:
+                        click.echo(f"      {what.replace('_', ' ')} ({d['counts'][what]}): "
+                                   + ", ".join(d[what][:20]))
+    if not rep["ok"]:
+        sys.exit(1)
+
+
 @cli.group()
 def capture() -> None:
     """Install or remove the change-capture triggers of a resource's table."""

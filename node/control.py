@@ -36,6 +36,7 @@ class ControlServer:
                         web.post("/sync/initial", self.sync_initial),
                         web.get("/sync/jobs", self.sync_jobs),
                         web.post("/sync/now", self.sync_now),
+                        web.post("/sync/verify", self.sync_verify),
                         web.get("/conflicts", self.conflicts),
                         web.get("/conflicts/{id}", self.conflict_show),
                         web.post("/conflicts/{id}/resolve", self.conflict_resolve)])
@@ -139,6 +140,15 @@ class ControlServer:
             return _err(400, str(e))
         eng.wake(str(body["resource"]))
         return web.json_response({"ok": True})
+
+    async def sync_verify(self, req: web.Request) -> web.Response:
+        body = await req.json()
+        try:
+            eng = self._sync()
+            return web.json_response(await eng.verify(str(body["resource"]),
+                                                      float(body.get("timeout", 120))))
+        except ExnodeError as e:
+            return _err(400, str(e))
 
     async def conflicts(self, req: web.Request) -> web.Response:
         try:

@@ -971,6 +971,7 @@ class Node:
         """Start a background task (for plugins); it is cancelled when the node stops."""
         task = asyncio.get_running_loop().create_task(self._guard(coro, name))
         self._spawned.append(task)
+        task.add_done_callback(lambda t: t in self._spawned and self._spawned.remove(t))
         return task
 
     async def _guard(self, coro: Any, name: str) -> None:

@@ -275,3 +275,30 @@ def test_initial_load_and_status(sync_env):
     assert job["status"] == "done" and job["rows"] == 1500
     wait_until(lambda: len(env.rows("b2")) == 1500, 120, 0.5, "b2 has the initial load")
     assert env.same_everywhere(range(1, 1501))
+
+
+def test_sync_verify_lists_differing_keys(sync_env):
+    env = sync_env("snapshot")
+    env.up()
+    env.write("b1", env.tables["b1"].insert().values([person(i) for i in range(1, 31)]))
+    wait_until(lambda: env.same_everywhere(range(1, 31)), 60, 0.5, "rows everywhere")
+    r = env.star.cli("center", "sync", "verify", "people", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["ok"] and {n["node"] for n in rep["nodes"]} == {"center", "b1", "b2"}
+    assert all(n["count"] == 30 for n in rep["nodes"])
+
+    # damage b2's copy behind exnode's back: one changed row, one missing row
+    t = env.tables["b2"]
+    env.write("b2", t.update().where(t.c.id == 7).values(name="被改"))
+    env.write("b2", t.delete().where(t.c.id == 9))
+    r = env.star.cli("center", "sync", "verify", "people", "--json")
+    assert r.returncode == 1
+    rep = json.loads(r.stdout)
+    b2 = next(n for n in rep["nodes"] if n["node"] == "b2")
+    assert not b2["same"] and b2["count"] == 29
+    assert b2["differences"]["different"] == ["[7]"]
+    assert b2["differences"]["missing_there"] == ["[9]"]
+    assert next(n for n in rep["nodes"] if n["node"] == "b1")["same"]
+    text = env.star.cli("center", "sync", "verify", "people")
+    assert "DIFFER" in text.stdout and "[7]" in text.stdout

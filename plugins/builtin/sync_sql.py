@@ -28,11 +28,21 @@ def _rejection(ctx: Any) -> None:
     _sync(ctx).on_rejection(ctx)
 
 
+def _verify_req(ctx: Any) -> None:
+    _sync(ctx).on_verify_request(ctx)
+
+
+def _verify_res(ctx: Any) -> None:
+    _sync(ctx).on_verify_result(ctx)
+
+
 @hookimpl
 def exnode_package_kinds(register) -> None:  # type: ignore[no-untyped-def]
     register("rows", _rows, ordered=True)
     register("zero", _zero, ordered=True)
     register("rejection", _rejection)
+    register("verify-req", _verify_req)
+    register("verify-res", _verify_res)
 
 
 @hookimpl
