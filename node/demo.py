@@ -82,15 +82,18 @@ def run_demo(keep_running: bool = False, directory: str | None = None,
               as_json)
 
         summary["sync"] = _sync_demo(star, root, as_json)
-        try:  # let the last zero-update reports settle so the table shows a quiet star
-            wait_until(lambda: all(star.status(n)["outbox_pending"] == 0 for n in star.nodes),
-                       10, 0.05)
+        def settled() -> dict[str, Any] | None:
+            sts = {n: star.status(n) for n in star.nodes}
+            return sts if all(v["outbox_pending"] == 0 for v in sts.values()) else None
+
+        try:  # a moment when no package is in flight (capture sends a report every second)
+            statuses = wait_until(settled, 10, 0.05)
         except TimeoutError:
-            pass
+            statuses = {n: star.status(n) for n in star.nodes}
 
         nodes = {}
         for n in star.nodes:
-            st = star.status(n)
+            st = statuses[n]
             v = star.cli(n, "log", "verify", "--json")
             ver = json.loads(v.stdout) if v.stdout.strip() else {"ok": False}
             nodes[n] = {"role": st["role"], "members": st["members"],
