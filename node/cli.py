@@ -170,6 +170,21 @@ def config_check(ctx: click.Context, as_json: bool) -> None:
             problems.append(f"{p} is readable by others (chmod 600 {p})")
     if cfg.node.role == "bureau" and not (cfg.keys_dir / "ca.crt").exists():
         problems.append("not registered with a center yet (run 'exnode register TOKEN')")
+    if any(r.quality for r in cfg.resources.values()):
+        from exnode.plugins.manager import make_manager
+        from exnode.policies.quality import RuleSpecError, builtin_registry, compile_ruleset
+
+        reg = builtin_registry()
+        make_manager(cfg.plugins.disable).hook.exnode_quality_rules(register=reg.register)
+        for rid, r in cfg.resources.items():
+            if not r.quality:
+                continue
+            try:  # reference and shared-library checks need the daemon; compile only
+                compile_ruleset({"resource": rid, **r.quality}, registry=reg,
+                                exists=lambda f, v: set(), lookup=lambda res, f, v: set(v),
+                                base_dir=cfg.base_dir)
+            except RuleSpecError as e:
+                raise ConfigError(f"{path}: resources.{rid}.quality: {e}") from None
     info = {"config": str(path), "node": cfg.node.id, "role": cfg.node.role, "ok": True,
             "warnings": problems}
     _out(info, as_json, f"{path}: ok ({cfg.node.role} '{cfg.node.id}')"
@@ -726,6 +741,115 @@ def capture_remove(ctx: click.Context, resource: str, drop_changes: bool) -> Non
     eng, spec = _trigger_target(ctx, resource)
     triggers.remove(eng, spec.table, schema=spec.db_schema, drop_changes=drop_changes)
     click.echo(f"triggers removed from {spec.table}")
+
+
+@cli.group()
+def quality() -> None:
+    """Data rule checks (数据规则约束检查): reports."""
+
+
+@quality.command("report")
+@click.argument("resource")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def quality_report(ctx: click.Context, resource: str, as_json: bool) -> None:
+    """Rows checked and failed per rule, open quarantine, daily trend."""
+    from .control import call
+
+    r = call(_cfg(ctx).socket_path, "GET", f"/quality/{resource}")
+    if as_json:
+        _out(r, True)
+        return
+    if not r["rules"]:
+        click.echo(f"{resource}: no rules declared here")
+    click.echo(f"{resource}: {r['checked']} rows checked, {r['failed']} failed, "
+               f"{r['quarantine_open']} in quarantine, "
+               f"{r['rejections_received']} rejections received")
+    for rule, n in sorted(r["per_rule"].items(), key=lambda x: -x[1]):
+        click.echo(f"  {rule:<24} {n:>8}")
+    for d in r["trend"][-14:]:
+        click.echo(f"  {d['day']} {d['stage']:<7} checked {d['checked']:>8}  failed "
+                   f"{d['failed']:>6}")
+
+
+@cli.group()
+def quarantine() -> None:
+    """Rows held back by the data rules: list, show, retry, drop."""
+
+
+@quarantine.command("list")
+@click.option("--resource")
+@click.option("--all", "show_all", is_flag=True, help="Retried and dropped ones too.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def quarantine_list(ctx: click.Context, resource: str | None, show_all: bool,
+                    as_json: bool) -> None:
+    """Quarantined rows with the rules they broke."""
+    from urllib.parse import urlencode
+
+    from .control import call
+
+    q = {"status": "all" if show_all else "open"}
+    if resource:
+        q["resource"] = resource
+    rows = call(_cfg(ctx).socket_path, "GET", "/quarantine?" + urlencode(q))
+    if as_json:
+        _out(rows, True)
+        return
+    for r in rows:
+        reasons = "; ".join(f"{v['rule']}({v['field']})" for v in r["violations"])
+        click.echo(f"{r['id']:>5} {r['resource']:<20} key {r['key']:<16} {r['stage']:<6} "
+                   f"{r['status']:<8} {reasons}")
+    if not rows:
+        click.echo("quarantine is empty")
+
+
+@quarantine.command("show")
+@click.argument("qid", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def quarantine_show(ctx: click.Context, qid: int, as_json: bool) -> None:
+    """One quarantined row and why."""
+    from .control import call
+
+    r = call(_cfg(ctx).socket_path, "GET", f"/quarantine/{qid}")
+    if as_json:
+        _out(r, True)
+        return
+    click.echo(f"quarantined row {r['id']}: {r['resource']} key {r['key']} ({r['stage']}, "
+               f"from {r['src']}, {r['status']})")
+    for v in r["violations"]:
+        click.echo(f"  {v['rule']}({v['field']}): {v['reason']}")
+    for k, v in (r["row"] or {}).items():
+        click.echo(f"    {k:<20} {v}")
+
+
+def _quarantine_action(action: str) -> Any:
+    @click.argument("qid", type=int)
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def cmd(ctx: click.Context, qid: int, as_json: bool) -> None:
+        from .control import call
+
+        r = call(_cfg(ctx).socket_path, "POST", f"/quarantine/{qid}/{action}", {})
+        if as_json:
+            _out(r, True)
+        elif action == "retry" and not r["passed"]:
+            click.echo(f"row {qid} still fails: " + "; ".join(
+                f"{v['rule']}({v['field']}): {v['reason']}" for v in r["violations"]))
+        else:
+            click.echo(f"row {qid}: {r['status']}")
+        if action == "retry" and not r["passed"]:
+            sys.exit(1)
+
+    cmd.__doc__ = {"retry": "Check row QID again (at the owner: as the source has it now) and "
+                            "send it through if it passes.",
+                   "drop": "Give up on row QID (it stays listed with --all)."}[action]
+    return cmd
+
+
+for _qa in ("retry", "drop"):
+    quarantine.command(_qa)(_quarantine_action(_qa))
 
 
 @cli.group()

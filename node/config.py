@@ -204,6 +204,10 @@ class ResourceSpec(_Model):
                                   "frequency; older resources are flagged in status.")
     subscribers: list[str] = Field(default_factory=list, description="(center) bureaus that "
                                    "receive this resource's changes.")
+    quality: dict[str, Any] | None = Field(
+        None, description="Data rule checks (数据规则约束检查): 'clean' steps and 'rules', "
+        "checked at the owner before sending and at the center on receipt; failing rows are "
+        "quarantined. See README.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

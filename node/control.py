@@ -37,6 +37,10 @@ class ControlServer:
                         web.get("/sync/jobs", self.sync_jobs),
                         web.post("/sync/now", self.sync_now),
                         web.post("/sync/verify", self.sync_verify),
+                        web.get("/quality/{resource}", self.quality_report),
+                        web.get("/quarantine", self.quarantine_list),
+                        web.get("/quarantine/{id}", self.quarantine_show),
+                        web.post("/quarantine/{id}/{action}", self.quarantine_act),
                         web.get("/conflicts", self.conflicts),
                         web.get("/conflicts/{id}", self.conflict_show),
                         web.post("/conflicts/{id}/resolve", self.conflict_resolve)])
@@ -149,6 +153,39 @@ class ControlServer:
                                                       float(body.get("timeout", 120))))
         except ExnodeError as e:
             return _err(400, str(e))
+
+    async def quality_report(self, req: web.Request) -> web.Response:
+        try:
+            return await self._run(self._sync().quality.report, req.match_info["resource"])
+        except ExnodeError as e:
+            return _err(400, str(e))
+
+    async def quarantine_list(self, req: web.Request) -> web.Response:
+        try:
+            st = req.query.get("status", "open")
+            return await self._run(self._sync().quality.list, req.query.get("resource"),
+                                   None if st == "all" else st)
+        except ExnodeError as e:
+            return _err(400, str(e))
+
+    async def quarantine_show(self, req: web.Request) -> web.Response:
+        try:
+            return await self._run(self._sync().quality.show, int(req.match_info["id"]))
+        except (ExnodeError, ValueError) as e:
+            return _err(400, str(e))
+
+    async def quarantine_act(self, req: web.Request) -> web.Response:
+        action = req.match_info["action"]
+        try:
+            q = self._sync().quality
+            fn = {"retry": q.retry, "drop": q.drop}.get(action)
+            if fn is None:
+                return _err(400, f"unknown action {action}")
+            resp = await self._run(fn, int(req.match_info["id"]))
+        except (ExnodeError, ValueError) as e:
+            return _err(400, str(e))
+        self.node._wake.set()
+        return resp
 
     async def conflicts(self, req: web.Request) -> web.Response:
         try:

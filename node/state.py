@@ -225,6 +225,33 @@ snapshot_rows = Table(
     Column("hash", LargeBinary, nullable=False),
 )
 
+# Data rule checks (issue 4): rows that failed, with the rules and reasons.
+quarantine = Table(
+    "quarantine", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("resource", String(128), nullable=False),
+    Column("key", String(512), nullable=False),
+    Column("stage", String(8), nullable=False),  # owner|center
+    Column("src", String(64), nullable=False),
+    Column("pkg_id", String(36)),
+    Column("created", Float, nullable=False),
+    Column("status", String(16), nullable=False),  # open|retried|dropped
+    Column("updated", Float, nullable=False),
+    Column("violations", LargeBinary, nullable=False),  # CBOR [[rule, field, reason], ...]
+    Column("row", LargeBinary, nullable=False),  # the change, as a one-row batch
+    Index("ix_quarantine_open", "status", "resource"),
+)
+
+quality_stats = Table(
+    "quality_stats", metadata,
+    Column("resource", String(128), primary_key=True),
+    Column("stage", String(8), primary_key=True),
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD
+    Column("checked", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    Column("by_rule", LargeBinary, nullable=False),  # CBOR {rule: count}
+)
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 

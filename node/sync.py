@@ -70,6 +70,9 @@ class SyncEngine:
         self.last_cycle: dict[str, float] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._verify_waits: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        from .quality import Quality
+
+        self.quality = Quality(self)
 
     # --- databases and adapters ---------------------------------------------------------
 
@@ -195,6 +198,13 @@ class SyncEngine:
         dests = self.destinations(rid)
         now = time.time()
         with self.node.engine.begin() as conn:
+            try:
+                good, _bad = self.quality.check(conn, rid, batch.changes, "owner", self.node.id,
+                                                None)
+            except ExnodeError as e:
+                self.stop_resource(rid, str(e))
+                return 0
+            batch = ChangeBatch(rid, good, checkpoint=batch.checkpoint)
             for dest in dests:
                 if batch.changes:
                     self.node.enqueue_sync(conn, dest, ROWS, rid,
@@ -315,7 +325,9 @@ class SyncEngine:
                 return 0, True
             batch = ChangeBatch(rid, [Change("upsert", tuple(r[k] for k in ad.key), r)
                                       for r in rows], initial=True)
-            data = encode_batch(batch, ad.fields)
+            good, _bad = self.quality.check(conn, rid, batch.changes, "owner", self.node.id,
+                                            None)
+            data = encode_batch(ChangeBatch(rid, good, initial=True), ad.fields)
             for dest in self.destinations(rid):
                 self.node.enqueue_sync(conn, dest, ROWS, rid, data, extra={"initial": True})
             last = batch.changes[-1].key
@@ -383,6 +395,13 @@ class SyncEngine:
                 if spec.conflict in ("center-wins", "manual") else {}
             d = decide(spec, h.src, changes, current, origins)
             changes, rejected = d.accepted, d.rejected
+            try:
+                changes, refused = self.quality.check(ctx.conn, rid, changes, "center", h.src,
+                                                      h.id)
+            except ExnodeError as e:
+                self.stop_resource(rid, str(e))
+                raise Deferred("resource-stopped", str(e)) from None
+            rejected += refused
             for ch, reason in d.queued:
                 cur = current.get(ch.key)
                 ctx.conn.execute(conflicts.insert().values(

@@ -47,6 +47,19 @@ def exnode_package_kinds(register: Any) -> None:
     """
 
 
+# --- data quality ----------------------------------------------------------------------
+
+@hookspec
+def exnode_quality_rules(register: Any) -> None:
+    """Add data-rule types and cleaning steps: ``register(name, factory)``.
+
+    ``factory`` is a subclass of ``exnode.policies.quality.RuleSpec`` (a rule) or
+    ``CleanerSpec`` (a cleaning step): a pydantic model whose fields are the YAML
+    options and whose ``compile(ctx)`` returns the checks. The built-in rules are
+    registered the same way (``exnode.policies.quality.builtin_registry``).
+    """
+
+
 # --- lifecycle -------------------------------------------------------------------------
 
 @hookspec

@@ -130,6 +130,8 @@ def make_star(tmp_path: Path) -> Iterator[Callable[..., LocalStar]]:
     yield factory
     for s in stars:
         s.close()
+        for node in s.nodes:  # shown by pytest only when the test failed
+            print(f"--- {node} daemon.log (last lines)\n" + s.tail(node, 25).replace(" | ", "\n"))
         shutil.rmtree(s.root, ignore_errors=True)
 
 

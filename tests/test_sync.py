@@ -121,8 +121,11 @@ class Sync:
         return True
 
     def close(self):
+        import shutil
+
         for e in self.engines.values():
             e.dispose()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _norm(row):

@@ -1,0 +1,123 @@
+"""Data rule checks in the sync pipeline: quarantine at the owner, quarantine at the center
+with a notice to the owner, and retry after the source row is fixed."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from stdnum.cn import ric
+
+from exnode.node.cluster import wait_until
+
+from .helpers import db_rows
+
+DDL = ("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, citizen_id TEXT, "
+       "birth TEXT, sex TEXT, amount NUMERIC, district TEXT)")
+
+
+def valid_id(seq: int, birth: str = "19900307", male: bool = True) -> str:
+    body = f"110101{birth}{seq:02d}{1 if male else 2}"
+    return body + ric.calc_check_digit(body + "0")  # stdnum wants a placeholder digit
+
+
+OWNER_RULES = {
+    "clean": [{"step": "trim", "fields": ["name", "citizen_id"]},
+              {"step": "empty_to_null", "fields": ["name"]}],
+    "rules": [{"rule": "required", "field": "name"},
+              {"rule": "citizen_id", "field": "citizen_id"}],
+}
+CENTER_RULES = {
+    "rules": [*OWNER_RULES["rules"],
+              {"rule": "range", "field": "amount", "min": 0, "max": 1000}],
+}
+
+
+@pytest.fixture
+def star(make_star, system_broker, tmp_path):
+    dbs = {n: tmp_path / f"{n}.db" for n in ("b1", "center", "b2")}
+    for p in dbs.values():
+        db = sqlite3.connect(p)
+        db.execute(DDL)
+        db.commit()
+        db.close()
+    res = {"database": "db", "table": "people", "key": ["id"], "owner": "b1"}
+    s = make_star(system_broker, node_settings={
+        "b1": {"databases": {"db": {"url": f"sqlite:///{dbs['b1']}"}},
+               "resources": {"people": {**res, "quality": OWNER_RULES, "capture": {
+                   "strategy": "snapshot", "schedule": {"every": "1h"}}}}},
+        "center": {"databases": {"db": {"url": f"sqlite:///{dbs['center']}"}},
+                   "resources": {"people": {**res, "quality": CENTER_RULES,
+                                            "subscribers": ["b2"]}}},
+        "b2": {"databases": {"db": {"url": f"sqlite:///{dbs['b2']}"}},
+               "resources": {"people": res}},
+    })
+    s.up()
+    s.dbs = dbs
+    return s
+
+
+def rows(star, node):
+    db = sqlite3.connect(star.dbs[node])
+    try:
+        return {r[0]: r for r in db.execute("SELECT * FROM people ORDER BY id")}
+    finally:
+        db.close()
+
+
+def write(star, sql, args=()):
+    db = sqlite3.connect(star.dbs["b1"])
+    db.execute(sql, args)
+    db.commit()
+    db.close()
+
+
+def test_rules_at_owner_and_center_quarantine_notice_and_retry(star):
+    good = (1, "  张三  ", valid_id(1), "1990-03-07", "M", 100, "东城区")
+    bad_at_owner = (2, "李四", valid_id(2)[:-1] + ("0" if valid_id(2)[-1] != "0" else "1"),
+                    "1990-03-07", "M", 50, "东城区")
+    bad_at_center = (3, "王五", valid_id(3), "1990-03-07", "M", 5000, "西城区")
+    for r in (good, bad_at_owner, bad_at_center):
+        write(star, "INSERT INTO people VALUES (?,?,?,?,?,?,?)", r)
+    assert star.cli("b1", "sync", "now", "people").returncode == 0
+
+    # the good row arrives cleaned (trimmed) at the center and at b2
+    wait_until(lambda: 1 in rows(star, "b2"), 30, 0.2, "the good row at b2")
+    assert rows(star, "center")[1][1] == "张三"
+    # row 2 never left the owner: it is in b1's quarantine with the rule and reason
+    q = json.loads(star.cli("b1", "quarantine", "list", "--json").stdout)
+    assert [(x["key"], x["stage"]) for x in q] == [("[2]", "owner")]
+    assert q[0]["violations"][0]["rule"] == "citizen_id"
+    assert valid_id(2)[6:14] not in json.dumps(q), "a full ID number leaked into a reason"
+    # row 3 passed the owner but not the center's stricter rule: quarantined there, and
+    # the owner got a signed rejection notice
+    wait_until(lambda: db_rows(star, "center", "SELECT count(*) FROM quarantine")[0][0] == 1,
+               30, 0.2, "row 3 quarantined at the center")
+    cq = json.loads(star.cli("center", "quarantine", "list", "--json").stdout)
+    assert [(x["key"], x["stage"], x["src"]) for x in cq] == [("[3]", "center", "b1")]
+    assert cq[0]["violations"][0]["rule"] == "range"
+    assert 3 not in rows(star, "center") and 3 not in rows(star, "b2")
+    wait_until(lambda: db_rows(star, "b1", "SELECT count(*) FROM notices")[0][0] == 1, 30, 0.2,
+               "the notice at b1")
+    rep = json.loads(star.cli("b1", "quality", "report", "people", "--json").stdout)
+    assert rep["per_rule"] == {"citizen_id": 1} and rep["rejections_received"] == 1
+    crep = json.loads(star.cli("center", "quality", "report", "people", "--json").stdout)
+    assert crep["per_rule"] == {"range": 1} and crep["quarantine_open"] == 1
+
+    # retrying before the fix fails and says why
+    r = star.cli("b1", "quarantine", "retry", str(q[0]["id"]))
+    assert r.returncode == 1 and "citizen_id" in r.stdout
+    # the operator fixes the source row; retry sends it through
+    write(star, "UPDATE people SET citizen_id=? WHERE id=2", (valid_id(2),))
+    r = star.cli("b1", "quarantine", "retry", str(q[0]["id"]), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["status"] == "retried"
+    wait_until(lambda: 2 in rows(star, "b2"), 30, 0.2, "row 2 at b2 after the fix")
+    assert rows(star, "center")[2][2] == valid_id(2)
+    # dropping the center's quarantined row
+    r = star.cli("center", "quarantine", "drop", str(cq[0]["id"]))
+    assert r.returncode == 0
+    assert json.loads(star.cli("center", "quarantine", "list", "--json").stdout) == []
+    r = star.cli("center", "quarantine", "drop", str(cq[0]["id"]))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
