@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
 import time
+
+import pytest
 
 from exnode.node.cluster import wait_until
 
@@ -76,7 +79,6 @@ def test_control_socket_and_keys_are_private(make_star, system_broker):
 
 
 def test_demo_runs_and_leaves_nothing_behind(tmp_path):
-    before = _exnode_pids()
     r = subprocess.run([sys.executable, "-m", "exnode.node", "demo", "--json",
                         "--dir", str(tmp_path / "demo")], capture_output=True, text=True,
                        timeout=120)
@@ -90,19 +92,24 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path):
     assert out["nodes"]["center"]["relayed"] > 0
     assert len(out["pings"]) == 4 and all(p["rtt_ms"] > 0 for p in out["pings"])
     assert out["seconds"] < 60
+    assert out["sync"]["verified"] and out["sync"]["rows"] == 9
     time.sleep(0.5)
-    assert _exnode_pids() - before == set()
+    # no daemon of this demo is left, and its broker's port is closed
+    assert _pids_mentioning(str(tmp_path)) == set()
+    port = int(out["broker"].split(":")[1].split()[0])
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
-def _exnode_pids() -> set[int]:
+def _pids_mentioning(text: str) -> set[int]:
     pids = set()
     for p in os.listdir("/proc"):
         if not p.isdigit():
             continue
         try:
-            cmd = open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")
+            cmd = open(f"/proc/{p}/cmdline", "rb").read()
         except OSError:
             continue
-        if b"exnode.node" in cmd and (b"run" in cmd or b"broker" in cmd):
+        if text.encode() in cmd:
             pids.add(int(p))
     return pids
