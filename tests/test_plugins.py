@@ -251,12 +251,13 @@ def test_registry_picks_up_the_new_kind(site):
                        timeout=120, env=clean_env(PYTHONPATH=str(site)), cwd=site.parent)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["kinds"] == ["data", "hello", "ping", "pong"]
-    assert out["ordered"] == ["data"]
+    # the external plugin's kind beside the built-ins (core kinds and database sync)
+    assert out["kinds"] == sorted(["data", "hello", "ping", "pong", "rejection", "rows", "verify-req", "verify-res", "zero"])
+    assert out["ordered"] == ["data", "rows", "zero"]
     assert out["suites"] == ["x25519-hkdf-sha256-aes256gcm-ed25519"]
     assert out["module"] == "exnode_hello"
     assert out["replies"] == [["hello", "hello, bob"]]
-    assert out["blocked_kinds"] == ["data", "ping", "pong"]
+    assert out["blocked_kinds"] == sorted(["data", "ping", "pong", "rejection", "rows", "verify-req", "verify-res", "zero"])
     assert out["dists"][DIST] == VERSION
     assert "exnode" in out["dists"]
 
@@ -266,6 +267,7 @@ def test_builtins_in_process():
     assert {"crypto-x25519-aes256gcm", "kinds-core"} <= set(infos)
     assert all(i.builtin and i.distribution == "exnode" for i in infos.values()
                if i.name in ("crypto-x25519-aes256gcm", "kinds-core"))
-    reg = Registry(make_manager(disable=["kinds-core"]))
+    reg = Registry(make_manager(disable=["kinds-core", "sync-sql"]))
     assert reg.kinds == {}
+    assert "rows" in Registry(make_manager(disable=["kinds-core"])).kinds
     assert list(reg.suites) == ["x25519-hkdf-sha256-aes256gcm-ed25519"]
