@@ -393,7 +393,7 @@ class SyncEngine:
             current = ad.fetch(keys)
             origins = self._origins(ctx.conn, rid, keys) \
                 if spec.conflict in ("center-wins", "manual") else {}
-            d = decide(spec, h.src, changes, current, origins)
+            d = decide(spec, h.src, changes, current, origins, ad.row_hash)
             changes, rejected = d.accepted, d.rejected
             try:
                 changes, refused = self.quality.check(ctx.conn, rid, changes, "center", h.src,

@@ -13,6 +13,7 @@ library's (共享库) copy.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +37,25 @@ def _comparable(v: Any) -> Any:
 
 
 def decide(spec: ResourceSpec, src: str, changes: list[Change],
-           current: dict[tuple, dict[str, Any]], origins: dict[tuple, str]) -> Decision:
+           current: dict[tuple, dict[str, Any]], origins: dict[tuple, str],
+           row_hash: Callable[[dict[str, Any]], bytes] | None = None) -> Decision:
     """Sort ``changes`` from ``src`` into accepted, rejected (with a reason) and queued.
 
     ``current`` holds the shared library's rows for the changed keys; ``origins`` who
-    wrote each of them last (absent: loaded at the center, so the center)."""
+    wrote each of them last (absent: loaded at the center, so the center).
+
+    A change that would leave the shared copy as it is (the same row, or a delete of a
+    row that is not there) is a no-op and never a conflict. This matters when a package
+    comes again after the center crashed between applying it and recording that it
+    had: its rows are already there, and must not be judged against themselves."""
     d = Decision()
     for ch in changes:
         cur = current.get(ch.key)
+        if (ch.row is None and cur is None) or (
+                row_hash is not None and ch.row is not None and cur is not None
+                and row_hash(ch.row) == row_hash(cur)):
+            d.accepted.append(ch)
+            continue
         if spec.conflict == "owner-wins":
             owner = spec.owner
             if owner is None and spec.owner_column:
