@@ -204,9 +204,11 @@ class LocalStar:
             return ""
         return " | ".join(p.read_text(errors="replace").splitlines()[-n:])
 
-    def up(self) -> None:
-        """init, start the center, enrol every bureau, start them, wait for the gconf."""
-        self.init()
+    def up(self, init: bool = True) -> None:
+        """init (unless done already), start the center, enrol every bureau, start them,
+        wait until each has the global configuration."""
+        if init:
+            self.init()
         self.start(self.center_id)
         for b in self.bureaus:
             self.enrol(b)

@@ -114,6 +114,26 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """A throwaway MariaDB database on 127.0.0.1:3306, dropped afterwards."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine("mysql+pymysql://root@127.0.0.1:3306/?charset=utf8mb4")
+    name = f"exnode_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.begin() as c:
+            c.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 "
+                              "COLLATE utf8mb4_unicode_ci")
+    except sa.exc.OperationalError as e:
+        pytest.fail(f"MariaDB is not answering on 127.0.0.1:3306: {e}")
+    yield f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
+    with admin.begin() as c:
+        c.exec_driver_sql("SET SESSION lock_wait_timeout = 20")  # fail, never hang
+        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+    admin.dispose()
+
+
+@pytest.fixture
 def make_star(tmp_path: Path) -> Iterator[Callable[..., LocalStar]]:
     stars: list[LocalStar] = []
 

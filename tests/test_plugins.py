@@ -25,6 +25,7 @@ import pytest
 
 from exnode.plugins.manager import Registry, describe, make_manager
 
+SYNC_KINDS = ["rejection", "rows", "verify-req", "verify-res", "zero"]  # built-in sync
 DIST, VERSION = "exnode-hello", "1.2.3"
 
 PLUGIN = '''\
@@ -33,6 +34,7 @@ PLUGIN = '''\
 import click
 
 from exnode.plugins import hookimpl
+
 
 
 def handler(ctx):
@@ -252,12 +254,12 @@ def test_registry_picks_up_the_new_kind(site):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     # the external plugin's kind beside the built-ins (core kinds and database sync)
-    assert out["kinds"] == sorted(["data", "hello", "ping", "pong", "rejection", "rows", "verify-req", "verify-res", "zero"])
+    assert out["kinds"] == sorted(["data", "hello", "ping", "pong", *SYNC_KINDS])
     assert out["ordered"] == ["data", "rows", "zero"]
     assert out["suites"] == ["x25519-hkdf-sha256-aes256gcm-ed25519"]
     assert out["module"] == "exnode_hello"
     assert out["replies"] == [["hello", "hello, bob"]]
-    assert out["blocked_kinds"] == sorted(["data", "ping", "pong", "rejection", "rows", "verify-req", "verify-res", "zero"])
+    assert out["blocked_kinds"] == sorted(["data", "ping", "pong", *SYNC_KINDS])
     assert out["dists"][DIST] == VERSION
     assert "exnode" in out["dists"]
 

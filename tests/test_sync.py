@@ -37,16 +37,7 @@ def people_table(md: sa.MetaData, name: str = "people", dialect: str = "") -> sa
     )
 
 
-@pytest.fixture
-def mariadb_url():
-    admin = sa.create_engine("mysql+pymysql://root@127.0.0.1:3306/mysql")
-    name = f"exn_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as c:
-        c.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    yield f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
-    with admin.begin() as c:
-        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-    admin.dispose()
+
 
 
 class Sync:
@@ -88,18 +79,9 @@ class Sync:
             for n in ("b1", "b2") if b2_capture else ("b1",):
                 r = self.star.cli(n, "capture", "install", "people")
                 assert r.returncode == 0, r.stderr
-        self.star.up_started = False
 
     def up(self):
-        s = self.star
-        s.start(s.center_id)
-        for b in s.bureaus:
-            s.enrol(b)
-        for b in s.bureaus:
-            s.start(b, wait=False)
-        for b in s.bureaus:
-            s.wait_connected(b)
-            s.wait_members(b, set(s.nodes))
+        self.star.up(init=False)
 
     def rows(self, node):
         t = self.tables[node]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -42,21 +40,7 @@ MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
 
 # ---- databases ------------------------------------------------------------------------------
 
-@pytest.fixture
-def mariadb_url() -> Iterator[str]:
-    """A throwaway MariaDB database, dropped afterwards."""
-    admin = sa.create_engine(MARIADB_ADMIN)
-    name = f"exnode_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.begin() as c:
-            c.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 "
-                              "COLLATE utf8mb4_unicode_ci")
-    except sa.exc.OperationalError as e:
-        pytest.fail(f"MariaDB is not answering on 127.0.0.1:3306: {e}")
-    yield f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
-    with admin.begin() as c:
-        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-    admin.dispose()
+
 
 
 @pytest.fixture

@@ -42,20 +42,7 @@ T0 = datetime(2024, 5, 1, 8, 0, 0)
 # --- fixtures -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def mysql_url() -> Iterator[str]:
-    admin = sa.create_engine(MYSQL_ADMIN)
-    name = f"exnode_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.begin() as c:
-            c.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    except sa.exc.OperationalError as e:
-        pytest.fail(f"MariaDB is not answering on 127.0.0.1:3306: {e}")
-    yield f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
-    with admin.begin() as c:
-        c.exec_driver_sql("SET SESSION lock_wait_timeout = 20")  # fail, never hang
-        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-    admin.dispose()
+
 
 
 @dataclass
@@ -75,7 +62,7 @@ def _open(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         state_engine.dispose()
         state_engine = engine  # a PostgreSQL state DB: same database, own tables
     else:
-        engine = sa.create_engine(request.getfixturevalue("mysql_url"))
+        engine = sa.create_engine(request.getfixturevalue("mariadb_url"))
     yield DB(kind, engine, SqlCaptureState(state_engine), state_engine)
     engine.dispose()
     state_engine.dispose()

@@ -4,7 +4,6 @@ what they record, and the names they refuse."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,20 +19,7 @@ from exnode.policies.triggers import TriggerError
 MYSQL_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/?charset=utf8mb4"
 
 
-@pytest.fixture
-def mysql_url() -> Iterator[str]:
-    admin = sa.create_engine(MYSQL_ADMIN)
-    name = f"exnode_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.begin() as c:
-            c.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    except sa.exc.OperationalError as e:
-        pytest.fail(f"MariaDB is not answering on 127.0.0.1:3306: {e}")
-    yield f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
-    with admin.begin() as c:
-        c.exec_driver_sql("SET SESSION lock_wait_timeout = 20")
-        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-    admin.dispose()
+
 
 
 def _engine(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> sa.Engine:
@@ -41,7 +27,7 @@ def _engine(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> sa.Eng
         return sa.create_engine(f"sqlite:///{tmp_path / 'biz.db'}")
     if kind == "postgresql":
         return sa.create_engine(request.getfixturevalue("pg_url"))
-    return sa.create_engine(request.getfixturevalue("mysql_url"))
+    return sa.create_engine(request.getfixturevalue("mariadb_url"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
