@@ -69,9 +69,12 @@ def _time_us(value: dt.time) -> int:
         + value.microsecond
 
 
+_PLAIN = (bool, int, float, str, bytes, uuid.UUID)  # a tuple: built once, not per value
+
+
 def _enc(value: Any, what: str, depth: int = 0) -> Any:
     """One value as something cbor2 encodes the way format 1 wants."""
-    if value is None or isinstance(value, bool | int | float | str | bytes | uuid.UUID):
+    if value is None or isinstance(value, _PLAIN):
         return value
     if isinstance(value, Decimal):
         if value.is_finite() and not (value.is_zero() and value.is_signed()):

@@ -1088,9 +1088,9 @@ def tune_malloc() -> bool:
     try:
         libc = ctypes.CDLL(name)
         m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-        return bool(libc.mallopt(m_mmap_threshold, 64 << 20)
-                    and libc.mallopt(m_trim_threshold, 256 << 20)
-                    and libc.mallopt(m_top_pad, 64 << 20))
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
+                    and libc.mallopt(m_trim_threshold, 64 << 20)
+                    and libc.mallopt(m_top_pad, 16 << 20))
     except (OSError, AttributeError):
         return False
 

@@ -390,7 +390,9 @@ class SyncEngine:
             from exnode.policies.conflict import decide
 
             keys = [c.key for c in changes]
-            current = ad.fetch(keys)
+            # A fixed owner decides without the shared copy: spare the SELECT.
+            fixed_owner = spec.conflict == "owner-wins" and spec.owner is not None
+            current = {} if fixed_owner else ad.fetch(keys)
             origins = self._origins(ctx.conn, rid, keys) \
                 if spec.conflict in ("center-wins", "manual") else {}
             d = decide(spec, h.src, changes, current, origins, ad.row_hash)
@@ -423,9 +425,10 @@ class SyncEngine:
             ctx.reply(REJECTION, cbor2.dumps({
                 "resource": rid, "pkg_id": h.id,
                 "items": [[list(ch.key), reason] for ch, reason in rejected]}))
-        if self.node.is_center and changes:
+        forward = self.forward_to(rid, h.src) if self.node.is_center and changes else []
+        if forward:  # encoded only when someone gets it
             data = encode_batch(ChangeBatch(rid, changes, initial=batch.initial), ad.fields)
-            for dest in self.forward_to(rid, h.src):
+            for dest in forward:
                 ctx.send(dest, ROWS, data)
         self._record_fresh(ctx.conn, rid, h.src, time.time(), changed=True, rows=len(changes))
 
