@@ -208,6 +208,9 @@ class ResourceSpec(_Model):
         None, description="Data rule checks (数据规则约束检查): 'clean' steps and 'rules', "
         "checked at the owner before sending and at the center on receipt; failing rows are "
         "quarantined. See README.")
+    quality_file: str | None = Field(
+        None, description="A YAML file with the same 'clean', 'rules' and 'code_tables' "
+        "(instead of 'quality'), relative to this file.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -223,6 +226,8 @@ class ResourceSpec(_Model):
             raise ValueError("incremental capture needs capture.column")
         if self.conflict == "newer-wins" and not self.version_column:
             raise ValueError("newer-wins needs version_column")
+        if self.quality is not None and self.quality_file is not None:
+            raise ValueError("give quality or quality_file, not both")
         return self
 
 
@@ -251,12 +256,25 @@ class Config(_Model):
         return data
 
     def cross_check(self) -> list[tuple[tuple, str]]:
-        """Problems between sections, as (path, message)."""
+        """Problems between sections, as (path, message). Loads ``quality_file``s."""
         out = []
         for rid, r in self.resources.items():
             if r.database not in self.databases:
                 out.append((("resources", rid, "database"), f"database '{r.database}' is not "
                             "defined in 'databases'"))
+            if r.quality_file is not None:
+                p = self.resolve(r.quality_file)
+                try:
+                    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+                    out.append((("resources", rid, "quality_file"), f"cannot read rules from "
+                                f"{p}: {str(e).splitlines()[0]}"))
+                    continue
+                if not isinstance(data, dict):
+                    out.append((("resources", rid, "quality_file"),
+                                f"{p} must be a YAML mapping with 'rules'"))
+                    continue
+                r.quality = data
         return out
 
     # Not part of the file: where it was loaded from.
@@ -360,10 +378,10 @@ def parse_config(text: str, source: str = "<memory>") -> Config:
             msg = "required setting is missing"
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise ConfigError(f"{source}:{line}: {where}: {msg}{more}") from None
+    cfg._source = source
     for path, msg in cfg.cross_check():
         line = lines.get(path, lines.get(path[:2], 1))
         raise ConfigError(f"{source}:{line}: {'.'.join(map(str, path))}: {msg}")
-    cfg._source = source
     return cfg
 
 

@@ -121,3 +121,53 @@ def test_rules_at_owner_and_center_quarantine_notice_and_retry(star):
     assert json.loads(star.cli("center", "quarantine", "list", "--json").stdout) == []
     r = star.cli("center", "quarantine", "drop", str(cq[0]["id"]))
     assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+def test_rules_file_and_a_plugin_rule(tmp_path):
+    """Rules may live in a file the config names; a plugin adds a rule type through the
+    exnode_quality_rules hook and it is used like a built-in."""
+    import pluggy
+
+    from exnode.node.config import load_config
+    from exnode.plugins import hookimpl, hookspecs
+    from exnode.policies.quality import RuleSpec, builtin_registry, compile_ruleset
+
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - {rule: required, field: name}\n  - {rule: not_test_data, field: name}\n",
+        encoding="utf-8")
+    (tmp_path / "exnode.yaml").write_text(
+        "node: {id: b1, role: bureau}\n"
+        "databases: {db: {url: 'sqlite:///x.db'}}\n"
+        "resources:\n"
+        "  people: {database: db, table: people, key: [id], quality_file: rules.yaml}\n",
+        encoding="utf-8")
+    cfg = load_config(tmp_path / "exnode.yaml")
+    assert cfg.resources["people"].quality["rules"][1]["rule"] == "not_test_data"
+
+    class NotTestData(RuleSpec):
+        def compile(self, ctx):  # type: ignore[no-untyped-def]
+            return [self.value_check(f, lambda v: "test" not in str(v).lower(),
+                                     lambda v: "looks like test data") for f in self.targets()]
+
+    class Plugin:
+        @hookimpl
+        def exnode_quality_rules(self, register):  # type: ignore[no-untyped-def]
+            register("not_test_data", NotTestData)
+
+    pm = pluggy.PluginManager("exnode")
+    pm.add_hookspecs(hookspecs)
+    pm.register(Plugin())
+    reg = builtin_registry()
+    pm.hook.exnode_quality_rules(register=reg.register)
+    rs = compile_ruleset({"resource": "people", **cfg.resources["people"].quality},
+                         registry=reg)
+    res = rs.check([{"name": "张三"}, {"name": "Test User"}, {"name": None}])
+    assert [r["name"] for r in res.passed] == ["张三"]
+    assert [[v.rule for v in vs] for _r, vs in res.failed] == [["not_test_data"], ["required"]]
+
+    # a missing rules file is a FILE:LINE error
+    (tmp_path / "rules.yaml").unlink()
+    from exnode.node.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"exnode.yaml:4: resources.people.quality_file"):
+        load_config(tmp_path / "exnode.yaml")

@@ -287,3 +287,32 @@ def test_sync_verify_lists_differing_keys(sync_env):
     assert next(n for n in rep["nodes"] if n["node"] == "b1")["same"]
     text = env.star.cli("center", "sync", "verify", "people")
     assert "DIFFER" in text.stdout and "[7]" in text.stdout
+
+
+def test_initial_load_resumes_after_a_kill(sync_env):
+    # no capture at b1, and the initial load sends 100 rows a package (the default
+    # chunk of a resource without capture is 5000: set one through a capture spec)
+    env = sync_env("snapshot", b1_extra={"capture": {"strategy": "snapshot", "chunk_rows": 100,
+                                                      "schedule": {"every": "24h"}}})
+    env.write("b1", env.tables["b1"].insert().values([person(i) for i in range(1, 4001)]))
+    env.up()
+    job = env.star.call("b1", "POST", "/sync/initial", {"resource": "people"})
+    assert job["status"] == "running"
+
+    def progress():
+        jobs = env.star.call("b1", "GET", "/sync/jobs")
+        return next(j for j in jobs if j["resource"] == "people")
+
+    wait_until(lambda: progress()["rows"] > 0, 60, 0.01, "the load to start")
+    env.star.kill("b1")
+    import sqlite3
+
+    db = sqlite3.connect(env.star.dir("b1") / "state.db")
+    rows_at_kill, status = db.execute("SELECT rows, status FROM sync_jobs").fetchone()
+    db.close()
+    assert status == "running" and 0 < rows_at_kill < 4000, (rows_at_kill, status)
+    env.star.start("b1")
+    wait_until(lambda: progress()["status"] == "done", 120, 0.5, "the load to finish")
+    assert progress()["rows"] == 4000, "the load started over instead of resuming"
+    wait_until(lambda: len(env.rows("b2")) == 4000, 120, 0.5, "all rows at b2")
+    assert env.same_everywhere(range(1, 4001))
