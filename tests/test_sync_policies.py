@@ -25,7 +25,6 @@ from .helpers import db_rows
 from .test_sync import person
 
 # the star of tests/test_sync.py, as fixtures of this module too
-mariadb_url = test_sync.mariadb_url
 sync_env = test_sync.sync_env
 
 UTC = dt.UTC
