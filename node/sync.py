@@ -177,8 +177,9 @@ class SyncEngine:
 
         return lookup
 
-    def capture_cycle(self, rid: str) -> int:
-        """One capture cycle (state-DB thread). Returns the number of changes sent."""
+    def capture_cycle(self, rid: str) -> int | None:
+        """One capture cycle (state-DB thread). Returns the number of changes sent, or
+        None when the cycle could not run yet (it is tried again shortly)."""
         if rid in self.errors:
             self.errors.pop(rid)  # try again: the operator may have fixed it
             self._adapters.pop(rid, None)
@@ -186,7 +187,9 @@ class SyncEngine:
         spec = self.spec(rid)
         assert spec.capture is not None
         if any(self.node.directory.get(d) is None for d in self.destinations(rid)):
-            return 0  # not enrolled yet, or the global configuration has not arrived
+            return None  # not enrolled yet, or the global configuration has not arrived
+        if self._initial_running(rid):
+            return None  # the initial load sends every row; capture goes on after it
         try:
             st = self.strategy(rid)
             batch: ChangeBatch = st.capture(spec.capture.chunk_rows)
@@ -239,6 +242,9 @@ class SyncEngine:
             except Exception as e:
                 self.stop_resource(rid, f"{type(e).__name__}: {e}")
                 n = 0
+            if n is None:
+                next_at = time.time() + 1.0
+                continue
             if n:
                 self.node._wake.set()
             await self._backpressure()
@@ -296,6 +302,12 @@ class SyncEngine:
                 .mappings().one()
         return dict(job)
 
+    def _initial_running(self, rid: str) -> bool:
+        with self.node.engine.connect() as conn:
+            return conn.execute(select(sync_jobs.c.status).where(
+                sync_jobs.c.resource == rid, sync_jobs.c.kind == "initial")).scalar() \
+                == "running"
+
     def initial_chunk(self, rid: str, chunk_rows: int) -> tuple[int, bool]:
         """Send the next chunk of an initial load; progress is committed with the outbox
         insert, so a killed load resumes where it stopped."""
@@ -330,6 +342,15 @@ class SyncEngine:
             data = encode_batch(ChangeBatch(rid, good, initial=True), ad.fields)
             for dest in self.destinations(rid):
                 self.node.enqueue_sync(conn, dest, ROWS, rid, data, extra={"initial": True})
+            spec = self.spec(rid)
+            if spec.capture is not None and spec.capture.strategy == "snapshot":
+                # What was sent is the snapshot now: the next capture pass sends only
+                # what changed since, not every row again.
+                from exnode.policies.capture import SqlCaptureState, encode_key
+
+                SqlCaptureState(self.node.engine, create_tables=False).apply_hashes(
+                    rid, [(encode_key(c.key), ad.row_hash(c.row)) for c in good
+                          if c.row is not None], conn)
             last = batch.changes[-1].key
             conn.execute(sync_jobs.update().where(sync_jobs.c.resource == rid,
                                                   sync_jobs.c.kind == "initial")

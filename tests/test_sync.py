@@ -316,3 +316,35 @@ def test_initial_load_resumes_after_a_kill(sync_env):
     assert progress()["rows"] == 4000, "the load started over instead of resuming"
     wait_until(lambda: len(env.rows("b2")) == 4000, 120, 0.5, "all rows at b2")
     assert env.same_everywhere(range(1, 4001))
+
+
+def test_snapshot_after_an_initial_load_sends_only_changes(sync_env):
+    # a day between scheduled captures: only the one at start-up (empty table) and the
+    # one asked for with `sync now` run
+    env = sync_env("snapshot", b1_extra={"capture": {"strategy": "snapshot", "chunk_rows": 500,
+                                                      "schedule": {"every": "24h"}}})
+    env.up()
+    wait_until(lambda: db_rows(env.star, "b1", "SELECT count(*) FROM outbox WHERE "
+                               "kind='zero'")[0][0] > 0, 30, 0.2, "the start-up capture")
+    env.write("b1", env.tables["b1"].insert().values([person(i) for i in range(1, 1001)]))
+    r = env.star.cli("b1", "sync", "people", "--initial", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: len(env.rows("b2")) == 1000, 120, 0.5, "the load at b2")
+    before = db_rows(env.star, "b1", "SELECT count(*) FROM outbox WHERE kind='rows'")[0][0]
+    assert before == 2  # the load: two packages of 500 rows
+    t = env.tables["b1"]
+    env.write("b1", t.update().where(t.c.id == 5).values(name="改"))
+    assert env.star.cli("b1", "sync", "now", "people").returncode == 0
+    wait_until(lambda: env.rows("b2")[5]["name"] == "改", 60, 0.5, "the change at b2")
+    # the capture after the load sent one package with the one changed row, not the table
+    after = db_rows(env.star, "b1", "SELECT pkg_id FROM outbox WHERE kind='rows'")
+    assert len(after) == before + 1
+    applied = db_rows(env.star, "b1", "SELECT count(*) FROM exchange_log WHERE "
+                      "kind='rows' AND event='created'")[0][0]
+    assert applied == 3
+    center_marker_rows = env.rows("center")
+    assert len(center_marker_rows) == 1000
+    with env.engines["center"].connect() as c:
+        per_pkg = [n for (n,) in c.exec_driver_sql(
+            "SELECT row_count FROM exnode_applied ORDER BY applied_at")]
+    assert per_pkg[-1] == 1, per_pkg
