@@ -70,6 +70,7 @@ def _time_us(value: dt.time) -> int:
 
 
 _PLAIN = (bool, int, float, str, bytes, uuid.UUID)  # a tuple: built once, not per value
+_PLAIN_TYPES = frozenset((type(None), bool, int, float, str, bytes, uuid.UUID))
 
 
 def _enc(value: Any, what: str, depth: int = 0) -> Any:
@@ -110,22 +111,29 @@ def encode_batch(batch: ChangeBatch, fields: list[str]) -> bytes:
     if len(set(fields)) != len(fields):
         raise ValueError("encode_batch: duplicate field names")
     changes: list[list[Any]] = []
+    key_label = f"{batch.resource} key"
+    labels = [f"{batch.resource}.{f}" for f in fields]  # built once, used only on errors
+    plain = _PLAIN_TYPES
     for ch in batch.changes:
-        key = [_enc(v, f"{batch.resource} key", 0) for v in ch.key]
+        key = [v if type(v) in plain else _enc(v, key_label, 0) for v in ch.key]
         if ch.op == "delete":
             changes.append([OP_DELETE, key])
         elif ch.op == "upsert":
             row = ch.row or {}
-            missing = [f for f in fields if f not in row]
-            if missing:
+            try:
+                values = [row[f] for f in fields]
+            except KeyError:
+                missing = [f for f in fields if f not in row]
                 raise ValueError(f"{batch.resource} key {ch.key!r}: row has no field "
-                                 f"'{missing[0]}'")
+                                 f"'{missing[0]}'") from None
+            # The common types go to cbor2 as they are; only the rest need converting.
             changes.append([OP_UPSERT, key,
-                            [_enc(row[f], f"{batch.resource}.{f}") for f in fields]])
+                            [v if type(v) in plain else _enc(v, lab)
+                             for v, lab in zip(values, labels, strict=True)]])
         else:
             raise ValueError(f"{batch.resource}: unknown change op {ch.op!r}")
     doc = [FORMAT, batch.resource, bool(batch.initial), list(fields), changes]
-    return cbor2.dumps(doc, canonical=True)
+    return cbor2.dumps(doc)
 
 
 # ---- decoding ---------------------------------------------------------------------------
