@@ -235,6 +235,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
     for p in st["peers"]:
         rtt = f", rtt {p['last_rtt_ms']:.1f} ms" if p.get("last_rtt_ms") else ""
         lines.append(f"peer      {p['node_id']}: last contact {_ago(p['last_contact'])}{rtt}")
+    for r in st.get("resources", []):
+        flag = "STOPPED: " + r["error"] if r["error"] else "STALE" if r["stale"] else "ok"
+        seen = ", ".join(f"{n['node']} {_ago(n['last_current'])}" for n in r["nodes"]) or \
+            "no report yet"
+        lines.append(f"resource  {r['resource']}: {flag} (last current: {seen})")
     if st.get("last_error"):
         lines.append(f"last error {st['last_error']}")
     click.echo("\n".join(lines))

@@ -452,6 +452,8 @@ def test_zero_reports_keep_a_resource_fresh_and_silence_makes_it_stale(sync_env)
     assert sres["stale"] and sres["error"] is None, sres
     r = env.star.cli("center", "sync", "status")
     assert r.returncode == 0 and "STALE" in r.stdout, r.stdout + r.stderr
+    r = env.star.cli("center", "status")  # the daemon's status flags it too
+    assert r.returncode == 0 and "resource  people: STALE" in r.stdout, r.stdout
     # the bureau that only receives has nothing to report
     assert not [n for n in sres["nodes"] if n["node"] == "b2"]
 
