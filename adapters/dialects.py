@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -180,28 +180,26 @@ def upsert(conn: Connection, table: sa.Table, keys: list[str], names: list[str],
         writer(conn, table, keys, names, rows[i:i + ROWS_PER_STATEMENT])
 
 
-def _upsert_postgresql(conn: Connection, table: sa.Table, keys: list[str],
-                       names: list[str], rows: list[dict[str, Any]]) -> None:
-    ins = postgresql.insert(table)
-    rest = [n for n in names if n not in keys]
-    if rest:
-        stmt = ins.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
-                                         set_={n: ins.excluded[n] for n in rest})
-    else:
-        stmt = ins.on_conflict_do_nothing(index_elements=[table.c[k] for k in keys])
-    conn.execute(stmt, rows)
+def _on_conflict_upsert(insert: Callable[[sa.Table], Any]) -> Callable[..., None]:
+    """INSERT ... ON CONFLICT (key) DO UPDATE, as PostgreSQL and SQLite both spell it;
+    ``insert`` is the dialect's own insert construct."""
+
+    def write(conn: Connection, table: sa.Table, keys: list[str], names: list[str],
+              rows: list[dict[str, Any]]) -> None:
+        ins = insert(table)
+        rest = [n for n in names if n not in keys]
+        if rest:
+            stmt = ins.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
+                                             set_={n: ins.excluded[n] for n in rest})
+        else:
+            stmt = ins.on_conflict_do_nothing(index_elements=[table.c[k] for k in keys])
+        conn.execute(stmt, rows)
+
+    return write
 
 
-def _upsert_sqlite(conn: Connection, table: sa.Table, keys: list[str],
-                   names: list[str], rows: list[dict[str, Any]]) -> None:
-    ins = sqlite.insert(table)
-    rest = [n for n in names if n not in keys]
-    if rest:
-        stmt = ins.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
-                                         set_={n: ins.excluded[n] for n in rest})
-    else:
-        stmt = ins.on_conflict_do_nothing(index_elements=[table.c[k] for k in keys])
-    conn.execute(stmt, rows)
+_upsert_postgresql = _on_conflict_upsert(postgresql.insert)
+_upsert_sqlite = _on_conflict_upsert(sqlite.insert)
 
 
 def _upsert_mysql(conn: Connection, table: sa.Table, keys: list[str],
