@@ -22,7 +22,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,23 +29,11 @@ import uuid
 from pathlib import Path
 
 import aiomqtt
+from benchlib import start_mosquitto
 
-from exnode.node.broker import free_port, wait_port
 from exnode.node.cluster import LocalStar
 
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
-
-
-def start_mosquitto(root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = root / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-                    "max_queued_messages 1000000\nmax_inflight_messages 0\n")
-    p = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    if not wait_port("127.0.0.1", port, 15):
-        raise SystemExit("bench: mosquitto did not start")
-    return p, port
 
 
 # --- anchor: plain aiomqtt -----------------------------------------------------------------

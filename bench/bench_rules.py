@@ -22,7 +22,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from stdnum import numdb
+from benchlib import always_valid_counties
 from stdnum.cn import ric, uscc
 
 from exnode.policies.quality import compile_ruleset
@@ -45,17 +45,6 @@ CORRUPTIONS = (
     "name_long",
     "duplicate_id",
 )
-
-
-def always_valid_counties() -> list[str]:
-    """Area codes that stdnum's birth-place table accepts for any birth year."""
-    out = []
-    for _, province, _, _, children in numdb.get("cn/loc").prefixes:
-        for _, county, _, props, _ in children:
-            name = props.get("county", "")
-            if name and not name.startswith("[") and "," not in name:
-                out.append(province + county)
-    return out
 
 
 def make_rows(

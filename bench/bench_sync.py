@@ -49,11 +49,11 @@ from typing import Any
 
 import psycopg
 import yaml
+from benchlib import always_valid_counties, start_mosquitto
 from psycopg import sql
-from stdnum import numdb
 from stdnum.cn import ric
 
-from exnode.node.broker import free_port, wait_port
+from exnode.node.broker import free_port
 from exnode.node.cluster import LocalStar
 
 TARGET_RATIO = 2.0
@@ -215,17 +215,6 @@ CITIES = ("北京市东城区", "上海市黄浦区", "广州市越秀区", "成
           "武汉市江岸区", "南京市玄武区", "西安市碑林区", "天津市和平区", "重庆市渝中区")
 ROADS = "中山人民解放建设和平胜利光明朝阳文化长江黄河新华东风团结幸福"
 CHECK = "0123456789X"
-
-
-def always_valid_counties() -> list[str]:
-    """Area codes that stdnum's birth-place table accepts for any birth year."""
-    out = []
-    for _, province, _, _, children in numdb.get("cn/loc").prefixes:
-        for _, county, _, props, _ in children:
-            name = props.get("county", "")
-            if name and not name.startswith("[") and "," not in name:
-                out.append(province + county)
-    return out
 
 
 def copy_blocks(n: int, seed: int, block: int = 20_000) -> Iterator[str]:
@@ -643,19 +632,6 @@ def _run_stream(star: LocalStar, b: psycopg.Connection[Any], c: psycopg.Connecti
 
 
 # --- main -----------------------------------------------------------------------------------
-
-def start_mosquitto(root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = root / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-                    "max_queued_messages 1000000\nmax_inflight_messages 0\n")
-    p = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
-    if not wait_port("127.0.0.1", port, 15):
-        p.kill()
-        raise BenchError("mosquitto did not start")
-    return p, port
-
 
 def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
