@@ -708,7 +708,6 @@ def capture() -> None:
 
 def _trigger_target(ctx: click.Context, resource: str) -> tuple[Any, Any]:
     from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
 
     cfg = _cfg(ctx)
     spec = cfg.resources.get(resource)
@@ -716,11 +715,7 @@ def _trigger_target(ctx: click.Context, resource: str) -> tuple[Any, Any]:
         raise UsageError(f"no resource '{resource}' in {cfg.source}")
     if spec.table is None:
         raise UsageError(f"resource '{resource}' maps a query; triggers need a table")
-    db = cfg.databases[spec.database]
-    url = make_url(db.url)
-    if db.password_file:
-        url = url.set(password=cfg.resolve(db.password_file).read_text().strip())
-    return create_engine(url), spec
+    return create_engine(cfg.database_url(spec.database)), spec
 
 
 @capture.command("install")

@@ -308,6 +308,16 @@ class Config(_Model):
     def center_id(self) -> str:
         return self.node.id if self.node.role == "center" else self.center.id
 
+    def database_url(self, name: str) -> Any:
+        """The SQLAlchemy URL of database ``name``, with its password file read in."""
+        from sqlalchemy.engine import make_url
+
+        db = self.databases[name]
+        url = make_url(db.url)
+        if db.password_file:
+            url = url.set(password=self.resolve(db.password_file).read_text().strip())
+        return url
+
     def resolve(self, p: str) -> Path:
         """A path from the file, relative to the file's folder."""
         return (self.base_dir / p).resolve()

@@ -35,6 +35,7 @@ class Quality:
         self.sync = sync
         self._rulesets: dict[str, Any] = {}
         self._registry: Any = None
+        self._tables: dict[str, Any] = {}
 
     def registry(self) -> Any:
         if self._registry is None:
@@ -85,8 +86,11 @@ class Quality:
         import sqlalchemy as sa
 
         ad = self.sync.adapter(rid)
-        name = ad.spec.target_table or ad.spec.table
-        t = sa.Table(name, sa.MetaData(), autoload_with=ad.engine, schema=ad.spec.db_schema)
+        t = self._tables.get(rid)
+        if t is None:  # reflected once, not for every batch checked
+            name = ad.spec.target_table or ad.spec.table
+            t = self._tables[rid] = sa.Table(name, sa.MetaData(), autoload_with=ad.engine,
+                                             schema=ad.spec.db_schema)
         out: set[Any] = set()
         uniq = list(dict.fromkeys(values))
         with ad.engine.connect() as conn:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import structlog
 from sqlalchemy import Connection, Engine, create_engine, select
-from sqlalchemy.engine import make_url
 
 from exnode.policies.changes import Change, ChangeBatch
 
@@ -79,12 +78,8 @@ class SyncEngine:
     def engine(self, name: str) -> Engine:
         eng = self._engines.get(name)
         if eng is None:
-            spec = self.cfg.databases[name]
-            url = make_url(spec.url)
-            if spec.password_file:
-                url = url.set(password=self.cfg.resolve(spec.password_file).read_text().strip())
-            kw: dict[str, Any] = {"pool_pre_ping": True}
-            eng = self._engines[name] = create_engine(url, **kw)
+            eng = self._engines[name] = create_engine(self.cfg.database_url(name),
+                                                      pool_pre_ping=True)
         return eng
 
     def spec(self, rid: str) -> ResourceSpec:
@@ -163,17 +158,9 @@ class SyncEngine:
         def lookup(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], bytes]:
             if not keys:
                 return {}
-            texts = {key_text(k): k for k in keys}
-            out: dict[tuple[Any, ...], bytes] = {}
             with self.node.engine.connect() as conn:
-                items = list(texts)
-                for i in range(0, len(items), 500):
-                    for kt, h in conn.execute(select(row_origin.c.key, row_origin.c.hash).where(
-                            row_origin.c.resource == rid,
-                            row_origin.c.key.in_(items[i:i + 500]))):
-                        if h is not None:
-                            out[texts[kt]] = h
-            return out
+                found = self._row_origin(conn, rid, keys, row_origin.c.hash)
+            return {k: h for k, h in found.items() if h is not None}
 
         return lookup
 
@@ -439,6 +426,7 @@ class SyncEngine:
             self.stop_resource(rid, str(e))
             self._adapters.pop(rid, None)  # reflect the table afresh on the next attempt
             self._strategies.pop(rid, None)
+            self.quality._tables.pop(rid, None)
             raise Deferred("resource-stopped", str(e)) from None
         self.errors.pop(rid, None)
         self._record_origins(ctx.conn, rid, h.src, ad, changes)
@@ -474,13 +462,18 @@ class SyncEngine:
                     count=len(items))
 
     def _origins(self, conn: Connection, rid: str, keys: list[tuple]) -> dict[tuple, str]:
+        return self._row_origin(conn, rid, keys, row_origin.c.origin)
+
+    @staticmethod
+    def _row_origin(conn: Connection, rid: str, keys: list[tuple], column: Any) -> dict[tuple, Any]:
+        """One column of ``row_origin`` for ``keys`` (those that have a row)."""
         texts = {key_text(k): k for k in keys}
-        out = {}
         items = list(texts)
+        out = {}
         for i in range(0, len(items), 500):
-            for kt, origin in conn.execute(select(row_origin.c.key, row_origin.c.origin).where(
+            for kt, value in conn.execute(select(row_origin.c.key, column).where(
                     row_origin.c.resource == rid, row_origin.c.key.in_(items[i:i + 500]))):
-                out[texts[kt]] = origin
+                out[texts[kt]] = value
         return out
 
     def _record_origins(self, conn: Connection, rid: str, origin: str, ad: Any,
