@@ -342,18 +342,6 @@ class Node:
         cols = (outbox.c.pkg_id, outbox.c.dest, outbox.c.attempts, outbox.c.kind,
                 outbox.c.resource, outbox.c.size)
         with self.engine.begin() as conn:
-            expired = conn.execute(select(*cols).where(
-                outbox.c.status == "pending", outbox.c.expires < now)).mappings().all()
-            if expired:
-                gone = [e["pkg_id"] for e in expired]
-                conn.execute(outbox.update().where(outbox.c.pkg_id.in_(gone)).values(
-                    status="expired", done_at=now, reason="expired undelivered"))
-                conn.execute(outbox_blobs.delete().where(outbox_blobs.c.pkg_id.in_(gone)))
-                self._log(conn, [{"pkg_id": e["pkg_id"], "event": "expired", "peer": e["dest"],
-                                  "resource": e["resource"], "kind": e["kind"],
-                                  "size": e["size"], "status": "expired",
-                                  "reason": "no receipt before the package expired"}
-                                 for e in expired])
             inflight_n, inflight_b = conn.execute(
                 select(func.count(), func.coalesce(func.sum(outbox.c.size), 0)).where(
                     outbox.c.status == "pending", outbox.c.attempts > 0)).one()
@@ -393,6 +381,26 @@ class Node:
                 # so the pump never needs a second round trip per batch.
                 self._mark_attempted(conn, rows)
         return rows
+
+    def _expire_outbox(self) -> None:
+        """Give up on packages whose lifetime ended without a receipt (checked every few
+        seconds by ``_periodic``, not on every pump of the outbox)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            expired = conn.execute(select(outbox.c.pkg_id, outbox.c.dest, outbox.c.kind,
+                                          outbox.c.resource, outbox.c.size).where(
+                outbox.c.status == "pending", outbox.c.expires < now)).mappings().all()
+            if not expired:
+                return
+            gone = [e["pkg_id"] for e in expired]
+            conn.execute(outbox.update().where(outbox.c.pkg_id.in_(gone)).values(
+                status="expired", done_at=now, reason="expired undelivered"))
+            conn.execute(outbox_blobs.delete().where(outbox_blobs.c.pkg_id.in_(gone)))
+            self._log(conn, [{"pkg_id": e["pkg_id"], "event": "expired", "peer": e["dest"],
+                              "resource": e["resource"], "kind": e["kind"], "size": e["size"],
+                              "status": "expired",
+                              "reason": "no receipt before the package expired"}
+                             for e in expired])
 
     def _cache_wire(self, pkg_id: str, wire: bytes) -> None:
         """Keep a just-queued package in memory so its first publish needs no read."""
@@ -858,6 +866,14 @@ class Node:
         while not self._stop.is_set():
             if len(versions) > 1:
                 versions = await self._probe_protocol(versions, password, tls)
+                if len(versions) > 1:
+                    # Inconclusive (broker down, or it dropped the probe): ask again later
+                    # rather than try a 5 connect with properties that may never be answered.
+                    log.warning("broker_unreachable", host=b.host, port=b.port,
+                                reason=self.last_error)
+                    await self._sleep_or_stop(backoff)
+                    backoff = min(backoff * 2, 15.0)
+                    continue
             proto = versions[attempt % len(versions)]
             kwargs: dict[str, Any] = {}
             if proto == aiomqtt.ProtocolVersion.V5:
@@ -926,8 +942,10 @@ class Node:
         except aiomqtt.MqttCodeError as e:
             if getattr(e, "rc", None) in (1, 132):  # unacceptable / unsupported version
                 return [aiomqtt.ProtocolVersion.V311]
+            self.last_error = f"broker: {e}"
             return versions
-        except aiomqtt.MqttError:
+        except aiomqtt.MqttError as e:
+            self.last_error = f"broker: {e}"
             return versions
 
     def _retry_all_now(self) -> None:
@@ -949,6 +967,7 @@ class Node:
             if self._stop.is_set():
                 return
             try:
+                await self.db(self._expire_outbox)
                 if self.is_center:
                     before = set(self.directory.members), set(self.directory.revoked)
                     await self.db(self._directory_from_registry)
