@@ -31,7 +31,7 @@ from pathlib import Path
 import aiomqtt
 from benchlib import start_mosquitto
 
-from exnode.node.cluster import LocalStar
+from exnode.node.tools.cluster import LocalStar
 
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 

@@ -53,8 +53,8 @@ from benchlib import always_valid_counties, start_mosquitto
 from psycopg import sql
 from stdnum.cn import ric
 
-from exnode.node.broker import free_port
-from exnode.node.cluster import LocalStar
+from exnode.node.tools.broker import free_port
+from exnode.node.tools.cluster import LocalStar
 
 TARGET_RATIO = 2.0
 TARGET_P50_MS = 250.0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stdnum import numdb
 
-from exnode.node.broker import free_port, wait_port
+from exnode.node.tools.broker import free_port, wait_port
 
 
 def start_mosquitto(root: Path) -> tuple[subprocess.Popen[bytes], int]:

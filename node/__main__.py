@@ -1,5 +1,5 @@
 """``python -m exnode.node`` is the ``exnode`` command."""
 
-from exnode.node.cli import main
+from exnode.node.app.cli import main
 
 main()

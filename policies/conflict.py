@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exnode.node.config import ResourceSpec
+from exnode.node.base.config import ResourceSpec
 from exnode.policies.changes import Change
 
 CENTER_ORIGIN = "(center)"

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from croniter import croniter
 
-from exnode.node.config import ScheduleSpec, parse_duration
+from exnode.node.base.config import ScheduleSpec, parse_duration
 
 DEFAULT_EVERY_S = 60.0
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from exnode.node.broker import free_port, wait_port
-from exnode.node.cluster import LocalStar, exnode_cmd
+from exnode.node.tools.broker import free_port, wait_port
+from exnode.node.tools.cluster import LocalStar, exnode_cmd
 
 
 @dataclass

@@ -11,10 +11,10 @@ from typing import Any
 import aiomqtt
 import cbor2
 
-from exnode.node import envelope
-from exnode.node import identity as idn
-from exnode.node.cluster import LocalStar
-from exnode.node.framing import frames
+from exnode.node.kernel import envelope
+from exnode.node.kernel import identity as idn
+from exnode.node.tools.cluster import LocalStar
+from exnode.node.kernel.framing import frames
 from exnode.plugins.builtin.crypto_default import DefaultSuite
 
 SUITE = DefaultSuite()

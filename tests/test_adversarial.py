@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from exnode.node.cluster import wait_until
+from exnode.node.tools.cluster import wait_until
 
 from .helpers import craft, db_rows, publish_package, publish_raw, refusals
 

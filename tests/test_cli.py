@@ -18,10 +18,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from exnode.node import exlog
-from exnode.node import identity as idn
-from exnode.node.config import load_config
-from exnode.node.state import open_state
+from exnode.node.kernel import exlog
+from exnode.node.kernel import identity as idn
+from exnode.node.base.config import load_config
+from exnode.node.kernel.state import open_state
 
 
 def exnode(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

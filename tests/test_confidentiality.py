@@ -10,7 +10,7 @@ import threading
 import aiomqtt
 import zstandard
 
-from exnode.node.cluster import wait_until
+from exnode.node.tools.cluster import wait_until
 
 SECRETS = [
     "PLAINTEXT-MARKER-7f3a9c",

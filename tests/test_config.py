@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from exnode.node.config import Config, load_config, parse_config, render_config
-from exnode.node.errors import ConfigError
+from exnode.node.base.config import Config, load_config, parse_config, render_config
+from exnode.node.base.errors import ConfigError
 
 BASE = "# exnode test file\nnode:\n  id: b1\n  role: bureau\n"  # lines 1-4
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from exnode.node.cluster import wait_until
+from exnode.node.tools.cluster import wait_until
 
 from .helpers import db_rows
 

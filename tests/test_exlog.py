@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import Engine, delete, func, select, update
 
-from exnode.node import exlog
-from exnode.node.state import exchange_log, meta, open_state
+from exnode.node.kernel import exlog
+from exnode.node.kernel.state import exchange_log, meta, open_state
 
 KEY = ed25519.Ed25519PrivateKey.generate()
 OTHER = ed25519.Ed25519PrivateKey.generate()

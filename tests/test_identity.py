@@ -16,8 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from exnode.node import identity as idn
-from exnode.node.errors import IdentityError
+from exnode.node.kernel import identity as idn
+from exnode.node.base.errors import IdentityError
 
 
 def mode(p: Path) -> int:

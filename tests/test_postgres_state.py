@@ -8,7 +8,7 @@ import json
 
 import sqlalchemy as sa
 
-from exnode.node.cluster import wait_until
+from exnode.node.tools.cluster import wait_until
 
 
 def test_star_with_postgresql_state(make_star, system_broker, pg_url):

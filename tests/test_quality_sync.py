@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from stdnum.cn import ric
 
-from exnode.node.cluster import wait_until
+from exnode.node.tools.cluster import wait_until
 
 from .helpers import db_rows
 
@@ -128,7 +128,7 @@ def test_rules_file_and_a_plugin_rule(tmp_path):
     exnode_quality_rules hook and it is used like a built-in."""
     import pluggy
 
-    from exnode.node.config import load_config
+    from exnode.node.base.config import load_config
     from exnode.plugins import hookimpl, hookspecs
     from exnode.policies.quality import RuleSpec, builtin_registry, compile_ruleset
 
@@ -167,7 +167,7 @@ def test_rules_file_and_a_plugin_rule(tmp_path):
 
     # a missing rules file is a FILE:LINE error
     (tmp_path / "rules.yaml").unlink()
-    from exnode.node.errors import ConfigError
+    from exnode.node.base.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"exnode.yaml:4: resources.people.quality_file"):
         load_config(tmp_path / "exnode.yaml")

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from exnode.node.cluster import wait_until
+from exnode.node.tools.cluster import wait_until
 
 
 def received(star, node: str, resource: str) -> list[tuple[int, int, bytes]]:

@@ -14,8 +14,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, select, text
 
-from exnode.node.errors import StateError
-from exnode.node.state import MIGRATIONS, meta, metadata, open_state
+from exnode.node.base.errors import StateError
+from exnode.node.kernel.state import MIGRATIONS, meta, metadata, open_state
 
 
 def head_revision() -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from exnode.node.cluster import wait_until
+from exnode.node.tools.cluster import wait_until
 
 from .helpers import db_rows
 

@@ -17,8 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from exnode.adapters.sql import SqlAdapter
-from exnode.node.cluster import wait_until
-from exnode.node.config import ResourceSpec
+from exnode.node.tools.cluster import wait_until
+from exnode.node.base.config import ResourceSpec
 
 from . import test_sync
 from .helpers import db_rows

@@ -13,7 +13,7 @@ import cbor2
 import pytest
 
 from exnode.adapters.rowcodec import decode_batch, encode_batch
-from exnode.node.errors import PackageError
+from exnode.node.base.errors import PackageError
 from exnode.policies.changes import Change, ChangeBatch
 
 CST = dt.timezone(dt.timedelta(hours=8))

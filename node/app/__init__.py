@@ -1,0 +1,1 @@
+"""Floor e: the control server, the command line and the runtime (``exnode run``)."""

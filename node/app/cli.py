@@ -1,0 +1,577 @@
+"""The ``exnode`` command line. Every listing takes ``--json``; every failure is one
+line on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from exnode.node.base.config import Config, load_config, parse_duration, render_config
+from exnode.node.base.errors import ConfigError, ExnodeError, UsageError
+from exnode.node.base.fmt import ago, ts
+
+DEFAULT_CONFIG = "exnode.yaml"
+
+
+def _fail(msg: str, code: int = 1) -> NoReturn:
+    click.echo(f"exnode: error: {msg}", err=True)
+    sys.exit(code)
+
+
+class ExnodeGroup(click.Group):
+    """Turns every error into one line and an exit code; never a traceback."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except ExnodeError as e:
+            _fail(str(e), e.exit_code)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            _fail("interrupted", 130)
+        except click.exceptions.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except BrokenPipeError:
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ExnodeError, click.exceptions.Exit, click.ClickException, click.Abort,
+                SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if os.environ.get("EXNODE_DEBUG"):
+                raise
+            _fail(f"internal error: {type(e).__name__}: {e} (set EXNODE_DEBUG=1 for details)",
+                  70)
+
+
+class Context:
+    """``ctx.obj`` of every command (``exnode.node.kernel.api.CommandContext``): where the
+    configuration is, and the one way to call the daemon and print its answer."""
+
+    def __init__(self, config: str | None) -> None:
+        self._config = config
+        self._cfg: Config | None = None
+
+    def config_path(self) -> Path:
+        if self._config:
+            return Path(self._config)
+        env = os.environ.get("EXNODE_CONFIG")
+        if env:
+            return Path(env)
+        if Path(DEFAULT_CONFIG).exists():
+            return Path(DEFAULT_CONFIG)
+        etc = Path("/etc/exnode/exnode.yaml")
+        return etc if etc.exists() else Path(DEFAULT_CONFIG)
+
+    def config(self) -> Config:
+        if self._cfg is None:
+            self._cfg = load_config(self.config_path())
+        return self._cfg
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout: float = 60.0) -> Any:
+        from exnode.node.app.control import call
+
+        return call(self.config().socket_path, method, path, body, timeout)
+
+    def show(self, data: Any, as_json: bool, text: str | Callable[[Any], str] = "") -> None:
+        if as_json:
+            click.echo(json.dumps(data, ensure_ascii=False, default=str, indent=None))
+        elif callable(text):
+            click.echo(text(data))
+        elif text:
+            click.echo(text)
+
+
+def _out(data: Any, as_json: bool, text: str = "") -> None:
+    Context(None).show(data, as_json, text)
+
+
+def _duration(s: str, what: str = "duration") -> float:
+    try:
+        return parse_duration(s)
+    except ValueError:
+        raise UsageError(f"{what} '{s}' is not a duration (use e.g. 30m, 12h, 7d)") from None
+
+
+@click.group(cls=ExnodeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config", metavar="FILE", envvar="EXNODE_CONFIG",
+              help="Node configuration (default: ./exnode.yaml, then /etc/exnode/exnode.yaml).")
+@click.version_option(package_name="exnode")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """exnode: data-exchange node for government information sharing (政务信息共享交换)."""
+    ctx.obj = Context(config)
+
+
+# --- init / config -----------------------------------------------------------------------
+
+@cli.command()
+@click.option("--role", type=click.Choice(["center", "bureau"]), required=True)
+@click.option("--id", "node_id", required=True, help="This node's id.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), required=True,
+              help="Folder for the config file, keys and state.")
+@click.option("--broker-host", default="127.0.0.1", show_default=True)
+@click.option("--broker-port", default=1883, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--center-id", default="center", show_default=True,
+              help="(bureau) the center's node id.")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Keys, state and socket here instead of beside the config file "
+              "(e.g. --dir /etc/exnode --data-dir /var/lib/exnode).")
+@click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@click.option("--json", "as_json", is_flag=True)
+def init(role: str, node_id: str, directory: str, broker_host: str, broker_port: int,
+         center_id: str, data_dir: str | None, force: bool, as_json: bool) -> None:
+    """Write a commented config file and generate this node's keys (files 0600)."""
+    from exnode.node.base.config import parse_config
+    from exnode.node.kernel import identity as idn
+
+    d = Path(directory)
+    cfg_path = d / DEFAULT_CONFIG
+    if cfg_path.exists() and not force:
+        raise UsageError(f"{cfg_path} exists (use --force to overwrite the file; keys are kept)")
+    text = render_config(role, node_id, broker_host, broker_port, center_id)
+    if data_dir:
+        text = text.replace("  data_dir: .\n", f"  data_dir: {Path(data_dir).resolve()}\n")
+    parse_config(text, str(cfg_path))  # the template must validate, and the id too
+    d.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(text, encoding="utf-8")
+    cfg = load_config(cfg_path)
+    idn.generate_node_keys(cfg.keys_dir)
+    fp = None
+    if role == "center":
+        from exnode.node.kernel import registry
+        from exnode.node.kernel.state import open_state
+
+        if not (cfg.keys_dir / idn.CA_CERT).exists():
+            idn.create_ca(cfg.keys_dir, node_id)
+        ident = idn.Identity(node_id, cfg.keys_dir)
+        eng = open_state(cfg.state_url)
+        registry.ensure_self(eng, ident)
+        eng.dispose()
+        ca = ident.ca_cert
+        assert ca is not None
+        fp = idn.fingerprint(ca)
+    info = {"config": str(cfg_path), "role": role, "id": node_id, "keys": str(cfg.keys_dir),
+            "ca_fingerprint": fp}
+    nxt = ("next: exnode -c {c} run   (then: exnode -c {c} nodes invite BUREAU-ID)"
+           if role == "center" else
+           "next: ask the center for a token, then: exnode -c {c} register TOKEN")
+    _out(info, as_json, f"wrote {cfg_path} and keys in {cfg.keys_dir}"
+         + (f"\nCA fingerprint: {fp}" if fp else "") + "\n" + nxt.format(c=cfg_path))
+
+
+@cli.group()
+def config() -> None:
+    """Check or describe the configuration."""
+
+
+@config.command("check")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_check(ctx: click.Context, as_json: bool) -> None:
+    """Validate the config file (exit 2 with FILE:LINE on error)."""
+    path = ctx.obj.config_path()
+    cfg = load_config(path)
+    problems = []
+    if not (cfg.keys_dir / "sign.key").exists():
+        problems.append(f"{cfg.keys_dir}/sign.key is missing (run 'exnode init')")
+    for p in cfg.keys_dir.glob("*.key") if cfg.keys_dir.exists() else []:
+        if p.stat().st_mode & 0o077:
+            problems.append(f"{p} is readable by others (chmod 600 {p})")
+    if cfg.node.role == "bureau" and not (cfg.keys_dir / "ca.crt").exists():
+        problems.append("not registered with a center yet (run 'exnode register TOKEN')")
+    if any(r.quality for r in cfg.resources.values()):
+        from exnode.plugins.manager import make_manager
+        from exnode.policies.quality import RuleSpecError, builtin_registry, compile_ruleset
+
+        reg = builtin_registry()
+        make_manager(cfg.plugins.disable).hook.exnode_quality_rules(register=reg.register)
+        for rid, r in cfg.resources.items():
+            if not r.quality:
+                continue
+            try:  # reference and shared-library checks need the daemon; compile only
+                compile_ruleset({"resource": rid, **r.quality}, registry=reg,
+                                exists=lambda f, v: set(), lookup=lambda res, f, v: set(v),
+                                base_dir=cfg.base_dir)
+            except RuleSpecError as e:
+                raise ConfigError(f"{path}: resources.{rid}.quality: {e}") from None
+    info = {"config": str(path), "node": cfg.node.id, "role": cfg.node.role, "ok": True,
+            "warnings": problems}
+    _out(info, as_json, f"{path}: ok ({cfg.node.role} '{cfg.node.id}')"
+         + "".join(f"\nwarning: {p}" for p in problems))
+
+
+@config.command("schema")
+def config_schema() -> None:
+    """Print the configuration reference (JSON Schema from the pydantic models)."""
+    click.echo(json.dumps(Config.model_json_schema(), indent=2, ensure_ascii=False))
+
+
+# --- run / status / ping -------------------------------------------------------------------
+
+@cli.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Run the daemon in the foreground (JSON log lines on stdout; SIGTERM stops it)."""
+    from exnode.node.app.runtime import run_node
+
+    run_node(ctx.obj.config())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Broker connection, members, outbox depth and last contact per peer."""
+    st = ctx.obj.call("GET", "/status")
+    if as_json:
+        _out(st, True)
+        return
+    b = st["broker"]
+    lines = [
+        f"node      {st['node']} ({st['role']}), pid {st['pid']}, up {st['uptime_s']:.0f} s",
+        f"broker    {b['host']}:{b['port']} "
+        + (f"connected (MQTT {b['protocol']})" if b["connected"] else "NOT CONNECTED"),
+        f"gconf     version {st['gconf']['version']}, "
+        + ("valid until " + ts(st["gconf"]["expires"]) if st["gconf"]["valid"]
+           else "NOT VALID"),
+        f"members   {', '.join(st['members']) or '-'}",
+        f"outbox    {st['outbox_pending']} pending; inbox {st['inbox_waiting']} waiting "
+        "for an earlier sequence",
+    ]
+    for p in st["peers"]:
+        rtt = f", rtt {p['last_rtt_ms']:.1f} ms" if p.get("last_rtt_ms") else ""
+        lines.append(f"peer      {p['node_id']}: last contact {ago(p['last_contact'])}{rtt}")
+    for section in st.get("text", {}).values():  # the services' sections
+        lines += section
+    if st.get("last_error"):
+        lines.append(f"last error {st['last_error']}")
+    click.echo("\n".join(lines))
+
+
+# --- enrolment ------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("token")
+@click.option("--timeout", default=30.0, show_default=True, type=float)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def register(ctx: click.Context, token: str, timeout: float, as_json: bool) -> None:
+    """Enrol this bureau with the center using a one-time TOKEN."""
+    from exnode.node.kernel.enrol import register_with_token
+
+    path = ctx.obj.config_path()
+    cfg = load_config(path)
+    res = register_with_token(cfg, path, token, timeout)
+    msg = {"approved": f"registered with center '{res['center']}' and approved; "
+           "start the daemon with 'exnode run'",
+           "pending": f"registered with center '{res['center']}'; awaiting approval "
+           f"(on the center: exnode nodes approve {cfg.node.id})"}.get(
+        res["status"], f"enrolment status: {res['status']}")
+    _out(res, as_json, msg)
+
+
+@cli.group()
+def nodes() -> None:
+    """(center) Invite, list, approve, reject and revoke members."""
+
+
+def _center(ctx: click.Context) -> tuple[Config, Any, Any]:
+    from exnode.node.kernel import identity as idn
+    from exnode.node.kernel.state import open_state
+
+    cfg = ctx.obj.config()
+    if cfg.node.role != "center":
+        raise UsageError("this command runs on the center")
+    return cfg, idn.Identity(cfg.node.id, cfg.keys_dir), open_state(cfg.state_url)
+
+
+def _poke_gconf(cfg: Config) -> bool:
+    from exnode.node.app.control import call
+    from exnode.node.base.errors import DaemonNotRunning
+
+    try:
+        call(cfg.socket_path, "POST", "/gconf/publish", {}, timeout=15)
+        return True
+    except DaemonNotRunning:
+        return False
+
+
+@nodes.command("invite")
+@click.argument("node_id")
+@click.option("--approve", is_flag=True, help="Approve the node as soon as it registers.")
+@click.option("--ttl", default="7d", show_default=True, help="Token lifetime (e.g. 1h, 7d).")
+@click.option("--broker-host", help="Broker address the bureau should use (default: this "
+              "node's broker.host).")
+@click.option("--broker-port", type=click.IntRange(1, 65535), help="Broker port for the bureau.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def nodes_invite(ctx: click.Context, node_id: str, approve: bool, ttl: str,
+                 broker_host: str | None, broker_port: int | None, as_json: bool) -> None:
+    """Issue a one-time enrolment token for NODE_ID."""
+    from exnode.node.kernel import identity as idn
+    from exnode.node.kernel import registry
+
+    cfg, ident, eng = _center(ctx)
+    ttl_s = _duration(ttl)
+    secret = registry.invite(eng, cfg.node.id, node_id, ttl_s, approve)
+    ca = ident.ca_cert
+    assert ca is not None
+    token = idn.make_token(center_id=cfg.node.id, host=broker_host or cfg.broker.host,
+                           port=broker_port or cfg.broker.port,
+                           ca_fp=idn.fingerprint(ca), node_id=node_id, secret=secret,
+                           expires=int(time.time() + ttl_s), prefix=cfg.broker.topic_prefix)
+    _out({"node": node_id, "token": token, "expires": int(time.time() + ttl_s),
+          "approve": approve}, as_json,
+         f"token for '{node_id}' (valid {ttl}, single use; treat it as a password):\n{token}\n"
+         f"on the bureau: exnode register {token[:16]}...")
+
+
+@nodes.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def nodes_list(ctx: click.Context, as_json: bool) -> None:
+    """Members and enrolment requests."""
+    from exnode.node.kernel import registry
+
+    _c, _i, eng = _center(ctx)
+    rows = registry.list_members(eng)
+    if as_json:
+        _out(rows, True)
+        return
+    click.echo(f"{'NODE':<20} {'ROLE':<8} {'STATUS':<10} UPDATED")
+    for r in rows:
+        click.echo(f"{r['id']:<20} {r['role']:<8} {r['status']:<10} {ts(r['updated_at'])}")
+
+
+def _status_cmd(action: str) -> Any:
+    @click.argument("node_id")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def cmd(ctx: click.Context, node_id: str, as_json: bool) -> None:
+        from exnode.node.kernel import registry
+
+        cfg, ident, eng = _center(ctx)
+        st = registry.set_status(eng, ident, node_id, action)
+        published = _poke_gconf(cfg)
+        _out({"node": node_id, "status": st, "gconf_published": published}, as_json,
+             f"{node_id}: {st}" + ("" if published else
+                                   " (daemon not running: published when it starts)"))
+
+    cmd.__doc__ = f"{action.capitalize()} member NODE_ID and publish the global configuration."
+    return cmd
+
+
+for _action in ("approve", "reject", "revoke"):
+    nodes.command(_action)(_status_cmd(_action))
+
+
+# --- plugins and the exchange log --------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """Loaded plugins and where they come from (less those the config disables)."""
+    from exnode.plugins.manager import describe, make_manager
+
+    disable: list[str] = []
+    path = ctx.obj.config_path()
+    if path.exists():
+        disable = load_config(path).plugins.disable
+    infos = describe(make_manager(disable))
+    if as_json:
+        _out([i.__dict__ for i in infos], True)
+        return
+    for i in infos:
+        origin = "built-in" if i.builtin else f"{i.distribution} {i.version}"
+        click.echo(f"{i.name:<32} {origin:<24} hooks: {', '.join(i.hooks)}")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--peer")
+@click.option("--resource")
+@click.option("--since", help="e.g. 10m, 2h, 1d, or an ISO date/time.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000_000))
+@click.pass_context
+def log(ctx: click.Context, as_json: bool, peer: str | None, resource: str | None,
+        since: str | None, limit: int) -> None:
+    """The exchange log (交换信息库): newest entries last."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sqlalchemy import select
+
+    from exnode.node.kernel.state import exchange_log, open_state
+
+    cfg = ctx.obj.config()
+    eng = open_state(cfg.state_url)
+    t = exchange_log
+    q = select(t)
+    if peer:
+        q = q.where((t.c.peer == peer) | t.c.peer.like(f"{peer}>%") | t.c.peer.like(f"%>{peer}"))
+    if resource:
+        q = q.where(t.c.resource == resource)
+    if since:
+        q = q.where(t.c.ts >= _since(since))
+    q = q.order_by(t.c.id.desc()).limit(limit)
+    with eng.connect() as conn:
+        rows = [dict(r) for r in conn.execute(q).mappings()][::-1]
+    for r in rows:
+        r.pop("prev_hash", None)
+        r.pop("hash", None)
+    if as_json:
+        _out(rows, True)
+        return
+    for r in rows:
+        reason = f"  {r['reason']}" if r["reason"] else ""
+        click.echo(f"{r['id']:>7} {ts(r['ts'])} {r['event']:<9} {r['kind']:<8} "
+                   f"{r['peer']:<22} {r['resource'] or '-':<14} {r['size']:>9} "
+                   f"{r['status']}{reason}")
+
+
+@log.command("show")
+@click.argument("pkg_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def log_show(ctx: click.Context, pkg_id: str, as_json: bool) -> None:
+    """A package's trace as far as this node knows it."""
+    from sqlalchemy import select
+
+    from exnode.node.kernel.state import exchange_log, inbox, open_state, outbox
+
+    cfg = ctx.obj.config()
+    eng = open_state(cfg.state_url)
+    with eng.connect() as conn:
+        rows = [dict(r) for r in conn.execute(
+            select(exchange_log).where(exchange_log.c.pkg_id == pkg_id)
+            .order_by(exchange_log.c.id)).mappings()]
+        ob = conn.execute(select(outbox.c.dest, outbox.c.status, outbox.c.attempts,
+                                 outbox.c.seq).where(outbox.c.pkg_id == pkg_id)).mappings().first()
+        ib = conn.execute(select(inbox.c.src, inbox.c.status, inbox.c.seq, inbox.c.reason)
+                          .where(inbox.c.pkg_id == pkg_id)).mappings().first()
+    if not rows and ob is None and ib is None:
+        raise UsageError(f"package {pkg_id} is not known to this node")
+    data = {"pkg_id": pkg_id, "trace": [{k: r[k] for k in ("id", "ts", "event", "peer",
+                                                           "kind", "resource", "size",
+                                                           "status", "reason")} for r in rows],
+            "outbox": dict(ob) if ob else None, "inbox": dict(ib) if ib else None}
+    if as_json:
+        _out(data, True)
+        return
+    click.echo(f"package {pkg_id}")
+    for r in rows:
+        click.echo(f"  {ts(r['ts'])}  {r['event']:<9} {r['peer']:<22} {r['status']}"
+                   + (f"  {r['reason']}" if r["reason"] else ""))
+    if ob:
+        click.echo(f"  outbox: to {ob['dest']}, {ob['status']}, {ob['attempts']} attempt(s), "
+                   f"seq {ob['seq']}")
+    if ib:
+        click.echo(f"  inbox: from {ib['src']}, {ib['status']}, seq {ib['seq']}")
+
+
+@log.command("verify")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def log_verify(ctx: click.Context, as_json: bool) -> None:
+    """Recompute the hash chain; exit 1 and name the row if anything was changed."""
+    from exnode.node.kernel import exlog
+    from exnode.node.kernel.identity import Identity
+    from exnode.node.kernel.state import open_state
+
+    cfg = ctx.obj.config()
+    eng = open_state(cfg.state_url)
+    ident = Identity(cfg.node.id, cfg.keys_dir)
+    pub = ident.sign_key.public_key()
+
+    def check_sig(sig: bytes, body: bytes) -> bool:
+        try:
+            pub.verify(sig, body)
+            return True
+        except Exception:
+            return False
+
+    show = sys.stderr.isatty() and not as_json
+    with eng.connect() as conn:
+        if show:
+            with click.progressbar(length=0, label="verifying", file=sys.stderr) as bar:
+                res = exlog.verify(conn, check_sig, progress=lambda n: bar.update(5000))
+        else:
+            res = exlog.verify(conn, check_sig)
+    data = {"ok": res.ok, "rows": res.rows, "bad_row": res.bad_row, "problem": res.problem}
+    if as_json:
+        _out(data, True)
+    elif res.ok:
+        click.echo(f"exchange log ok: {res.rows} rows, hash chain and signed head intact")
+    else:
+        click.echo(f"exchange log FAILED verification: {res.problem}", err=True)
+    if not res.ok:
+        sys.exit(1)
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--keep-running", is_flag=True, help="Leave the star up for exploring.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Where to put the nodes (default: a new temporary folder).")
+@click.option("--json", "as_json", is_flag=True)
+def demo(keep_running: bool, directory: str | None, as_json: bool) -> None:
+    """Start an embedded broker, a center and two bureaus; enrol, ping, summarise."""
+    from exnode.node.tools.demo import run_demo
+
+    sys.exit(run_demo(keep_running=keep_running, directory=directory, as_json=as_json))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=1883, show_default=True, type=click.IntRange(0, 65535),
+              help="0 picks a free port.")
+def broker(host: str, port: int) -> None:
+    """Run the embedded MQTT broker (amqtt) in the foreground, for demos and tests."""
+    from exnode.node.tools.broker import free_port, run_broker
+
+    run_broker(host, port or free_port())
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def _since(s: str) -> float:
+    with contextlib.suppress(ValueError):
+        return time.time() - parse_duration(s)
+    try:
+        return dt.datetime.fromisoformat(s).timestamp()
+    except ValueError:
+        raise UsageError(f"--since '{s}': use a duration (10m, 2h, 1d) or an ISO "
+                         "date/time") from None
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        from exnode.plugins.manager import make_manager
+
+        make_manager().hook.exnode_cli_commands(cli=cli)
+    except Exception as e:  # a broken plugin must not take the CLI down
+        click.echo(f"exnode: warning: plugin CLI commands not loaded: {e}", err=True)
+    cli(prog_name="exnode")
+
+
+__all__ = ["ConfigError", "cli", "main"]

@@ -1,0 +1,172 @@
+"""The local control API: a small HTTP API on a Unix socket (mode 0600) that the
+``exnode`` CLI uses to talk to the running daemon.
+
+Routes come from the kernel and from the services (``exnode_control_routes``). Every
+handler gets a ``ControlRequest`` and returns JSON-able data; one middleware turns the
+project's errors into 4xx answers with one line, so no handler repeats that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from exnode.node.base.errors import DaemonNotRunning, ExnodeError, UsageError
+from exnode.node.kernel.api import ControlRequest, RouteHandler
+
+log = structlog.get_logger("exnode")
+
+MAX_BODY = 512 * 1024 * 1024
+
+
+def _err(code: int, msg: str) -> web.Response:
+    return web.json_response({"error": msg}, status=code)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Project errors -> 4xx (DaemonNotRunning 503), timeouts -> 504, bugs -> 500; each
+    with a one-line ``error``."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except DaemonNotRunning as e:
+        return _err(503, str(e))
+    except ExnodeError as e:
+        return _err(400, str(e))
+    except TimeoutError as e:
+        return _err(504, str(e) or "timed out")
+    except Exception as e:
+        log.error("control_failed", path=request.path, error=f"{type(e).__name__}: {e}")
+        return _err(500, f"internal error: {type(e).__name__}: {e}")
+
+
+class _Router:
+    """Collects routes for aiohttp, wrapping each handler to take a ControlRequest."""
+
+    def __init__(self) -> None:
+        self.routes: list[web.RouteDef] = []
+        self.paths: set[tuple[str, str]] = set()
+
+    def _add(self, method: str, path: str, handler: RouteHandler) -> None:
+        if (method, path) in self.paths:
+            raise ExnodeError(f"control route {method} {path} is registered twice")
+        self.paths.add((method, path))
+
+        async def serve(request: web.Request) -> web.Response:
+            body: Any = {}
+            if request.can_read_body:
+                try:
+                    body = await request.json()
+                except ValueError:
+                    raise UsageError("bad request: the body is not JSON") from None
+                if not isinstance(body, dict):
+                    raise UsageError("bad request: the body must be a JSON object")
+            req = ControlRequest(body=body, params=dict(request.match_info),
+                                 query=dict(request.query))
+            return web.json_response(await handler(req),
+                                     dumps=lambda d: json.dumps(d, default=str))
+
+        self.routes.append(web.route(method, path, serve))
+
+    def get(self, path: str, handler: RouteHandler) -> None:
+        self._add("GET", path, handler)
+
+    def post(self, path: str, handler: RouteHandler) -> None:
+        self._add("POST", path, handler)
+
+
+class ControlServer:
+    """Serves the control API of one node on its Unix socket."""
+
+    def __init__(self, path: Path, add_routes: Any) -> None:
+        self.path = path
+        self.add_routes = add_routes
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        router = _Router()
+        self.add_routes(router)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
+        app.add_routes(router.routes)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        if self.path.exists():
+            if answers(self.path):
+                raise ExnodeError(f"another exnode is already running on {self.path}")
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        old = os.umask(0o177)  # the socket is created 0600, with no window where it is not
+        try:
+            await web.UnixSite(self._runner, str(self.path)).start()
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def answers(path: Path) -> bool:
+    """Whether a daemon answers on the control socket ``path``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self._path)
+        self.sock = s
+
+
+def call(sock: Path, method: str, path: str, body: dict[str, Any] | None = None,
+         timeout: float = 60.0) -> Any:
+    """Call the daemon's control API; raise a one-line error when it is not there."""
+    conn = _UnixHTTPConnection(str(sock), timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        raw = resp.read()
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise DaemonNotRunning(f"the daemon is not running (no answer on {sock}); "
+                               "start it with 'exnode run'") from None
+    except PermissionError:
+        raise DaemonNotRunning(f"not allowed to use {sock} (run as the daemon's user)") from None
+    except TimeoutError:
+        raise ExnodeError(f"the daemon did not answer within {timeout:.0f} s") from None
+    finally:
+        conn.close()
+    try:
+        out = json.loads(raw)
+    except ValueError:
+        raise ExnodeError(f"unexpected answer from the daemon: {raw[:200]!r}") from None
+    if resp.status >= 400:
+        raise ExnodeError(out.get("error", f"HTTP {resp.status}") if isinstance(out, dict)
+                          else f"HTTP {resp.status}")
+    return out

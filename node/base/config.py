@@ -1,0 +1,464 @@
+"""Node configuration: the pydantic models below are the YAML schema.
+
+Every field's ``description`` is its reference documentation; ``exnode config schema``
+prints them. A bad file is reported as ``FILE:LINE: what is wrong``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from exnode.node.base.errors import ConfigError
+
+NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeSection(_Model):
+    id: str = Field(description="This node's id: lower-case letters, digits, '-' and '_'.")
+    role: Literal["center", "bureau"] = Field(
+        description="'center' (信息资源管理中心: CA, registry, relay, shared library) "
+        "or 'bureau' (委办局 front-end machine)."
+    )
+    data_dir: str = Field(".", description="Where keys, state and the socket live, "
+                          "relative to this file.")
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, v: str) -> str:
+        if not NODE_ID_RE.match(v):
+            raise ValueError("node id must match [a-z0-9][a-z0-9_-]* (at most 63 characters)")
+        return v
+
+
+class TLSSection(_Model):
+    ca: str = Field(description="CA bundle that signed the broker's certificate.")
+    cert: str | None = Field(None, description="Client certificate, if the broker wants one.")
+    key: str | None = Field(None, description="Client key for 'cert'.")
+    insecure: bool = Field(False, description="Skip host-name verification (never in production).")
+
+
+class BrokerSection(_Model):
+    host: str = Field("127.0.0.1", description="MQTT broker host at the center.")
+    port: int = Field(1883, ge=1, le=65535, description="MQTT broker port.")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="MQTT version; 'auto' tries 5 and falls back to 3.1.1.")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) else v  # `protocol: 5` is a number
+    username: str | None = Field(None, description="Broker user name.")
+    password_file: str | None = Field(None, description="File holding the broker password.")
+    tls: TLSSection | None = Field(None, description="TLS settings; omit for plain TCP.")
+    topic_prefix: str = Field("exn/v1", pattern=r"^[A-Za-z0-9_\-/]+[A-Za-z0-9_\-]$",
+                              description="Every exnode topic starts with this.")
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="How long the broker "
+                                  "keeps this node's session and queued messages offline.")
+    keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds.")
+    max_message_bytes: int = Field(
+        1_900_000, ge=4096, le=256 * 1024 * 1024,
+        description="Largest MQTT message sent; bigger packages are chunked. Keep it below "
+        "the broker's limit (Mosquitto 2.1: 2,000,000 bytes).")
+
+
+class CenterLinkSection(_Model):
+    id: str = Field("center", description="The center's node id.")
+    ca_fingerprint: str | None = Field(
+        None, description="SHA-256 of the center CA certificate (set by 'exnode register').")
+
+
+class DeliverySection(_Model):
+    retry_initial_s: float = Field(2.0, gt=0, description="First republish delay.")
+    retry_max_s: float = Field(60.0, gt=0, description="Longest republish delay (backoff cap).")
+    package_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="Packages expire after this.")
+    max_in_flight: int = Field(256, ge=1, le=100_000,
+                               description="Unacknowledged MQTT publishes at once.")
+    max_package_bytes: int = Field(256 * 1024 * 1024, ge=1024,
+                                   description="Largest package accepted, after reassembly.")
+    window_packages: int = Field(1024, ge=1, description="Packages sent but not yet "
+                                 "receipted, at most (flow control).")
+    window_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Bytes sent but not yet "
+                              "receipted, at most (flow control).")
+    batch_bytes: int = Field(256 * 1024, ge=1024,
+                             description="Small messages are packed into one package up to this.")
+    batch_linger_ms: int = Field(20, ge=0, le=10_000,
+                                 description="How long a batch waits for more messages.")
+
+
+class StateSection(_Model):
+    url: str | None = Field(
+        None, description="SQLAlchemy URL of the state DB; default SQLite 'state.db' in "
+        "data_dir. PostgreSQL: postgresql+psycopg://user@host/db")
+
+
+class ControlSection(_Model):
+    socket: str = Field("exnode.sock", description="Control API Unix socket (mode 0600), "
+                        "relative to data_dir.")
+
+
+class GconfSection(_Model):
+    validity_h: float = Field(168, gt=0, description="Global configuration validity (center).")
+    refresh_h: float = Field(24, gt=0, description="Republish interval (center).")
+
+
+class LogSection(_Model):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+
+class PluginsSection(_Model):
+    disable: list[str] = Field(default_factory=list,
+                               description="Entry-point names of plugins not to load.")
+
+
+DURATION_RE = r"^\d+(\.\d+)?(ms|s|m|h|d)$"
+
+
+def parse_duration(text: str) -> float:
+    """'500ms', '10s', '5m', '2h', '1d' -> seconds."""
+    m = re.match(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$", text.strip())
+    if not m:
+        raise ValueError(f"'{text}' is not a duration (e.g. 30s, 5m, 2h, 1d)")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+class DatabaseSpec(_Model):
+    url: str = Field(description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db, "
+                     "mysql+pymysql://user@host/db, sqlite:///path.db. Put no password "
+                     "here: use password_file.")
+    password_file: str | None = Field(None, description="File holding the password.")
+    kind: str = Field("sql", description="Adapter that serves this database (a plugin may "
+                      "add others through the exnode_adapters hook); 'sql' is SQLAlchemy.")
+
+
+class ScheduleSpec(_Model):
+    every: str | None = Field(None, pattern=DURATION_RE, description="Run every interval, "
+                              "e.g. 30s, 5m.")
+    cron: str | None = Field(None, description="Cron expression (croniter), e.g. '*/5 * * * *'.")
+    continuous: bool = Field(False, description="Run again as soon as a cycle ends (trigger "
+                             "capture on PostgreSQL wakes at once on NOTIFY).")
+
+    @model_validator(mode="after")
+    def _one(self) -> ScheduleSpec:
+        n = sum(x is not None and x is not False for x in (self.every, self.cron,
+                                                           self.continuous or None))
+        if n > 1:
+            raise ValueError("give one of every, cron, continuous")
+        if self.cron is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(self.cron):
+                raise ValueError(f"'{self.cron}' is not a valid cron expression")
+        return self
+
+
+class CaptureSpec(_Model):
+    strategy: Literal["snapshot", "incremental", "trigger"] = Field(
+        "snapshot", description="snapshot: full read and hash diff (finds deletes on any "
+        "database); incremental: watermark column; trigger: change table filled by triggers "
+        "that exnode installs.")
+    column: str | None = Field(None, description="incremental: timestamp or version column.")
+    schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(every="60s"),
+                                   description="When to capture.")
+    chunk_rows: int = Field(5000, ge=1, le=1_000_000, description="Rows per package.")
+
+
+class ResourceSpec(_Model):
+    database: str = Field(description="Name of a connection in 'databases'.")
+    table: str | None = Field(None, description="Table the resource maps.")
+    query: str | None = Field(None, description="Read-only query the resource maps (instead "
+                              "of a table; snapshot capture only).")
+    db_schema: str | None = Field(None, alias="schema", description="Database schema of the "
+                                  "table.")
+    key: list[str] = Field(min_length=1, description="Primary-key fields.")
+    fields: list[str] | None = Field(None, description="Fields to exchange (default: all).")
+    owner: str | None = Field(None, description="Node that owns the data (谁拥有数据谁更新).")
+    owner_column: str | None = Field(None, description="Column naming each row's owner, "
+                                     "instead of 'owner'.")
+    direction: Literal["upload", "distribute", "both"] = Field(
+        "upload", description="upload: bureau to center; distribute: center to subscribers; "
+        "both: both ways.")
+    capture: CaptureSpec | None = Field(None, description="How changes are found here "
+                                        "(omit on a node that only receives).")
+    target_table: str | None = Field(None, description="Apply received changes into this "
+                                     "table (default: 'table').")
+    conflict: Literal["owner-wins", "newer-wins", "center-wins", "manual"] = Field(
+        "owner-wins", description="What the center does when changes collide.")
+    version_column: str | None = Field(None, description="newer-wins: timestamp or version "
+                                       "column that decides.")
+    freshness: str | None = Field(None, pattern=DURATION_RE, description="Expected update "
+                                  "frequency; older resources are flagged in status.")
+    subscribers: list[str] = Field(default_factory=list, description="(center) bureaus that "
+                                   "receive this resource's changes.")
+    quality: dict[str, Any] | None = Field(
+        None, description="Data rule checks (数据规则约束检查): 'clean' steps and 'rules', "
+        "checked at the owner before sending and at the center on receipt; failing rows are "
+        "quarantined. See README.")
+    quality_file: str | None = Field(
+        None, description="A YAML file with the same 'clean', 'rules' and 'code_tables' "
+        "(instead of 'quality'), relative to this file.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> ResourceSpec:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of table and query")
+        if self.query is not None and self.capture is not None \
+                and self.capture.strategy != "snapshot":
+            raise ValueError("a query resource can only use snapshot capture")
+        if self.capture is not None and self.capture.strategy == "incremental" \
+                and not self.capture.column:
+            raise ValueError("incremental capture needs capture.column")
+        if self.conflict == "newer-wins" and not self.version_column:
+            raise ValueError("newer-wins needs version_column")
+        if self.quality is not None and self.quality_file is not None:
+            raise ValueError("give quality or quality_file, not both")
+        return self
+
+
+class Config(_Model):
+    node: NodeSection
+    broker: BrokerSection = Field(default_factory=BrokerSection)
+    center: CenterLinkSection = Field(default_factory=CenterLinkSection)
+    delivery: DeliverySection = Field(default_factory=DeliverySection)
+    state: StateSection = Field(default_factory=StateSection)
+    control: ControlSection = Field(default_factory=ControlSection)
+    gconf: GconfSection = Field(default_factory=GconfSection)
+    log: LogSection = Field(default_factory=LogSection)
+    plugins: PluginsSection = Field(default_factory=PluginsSection)
+    databases: dict[str, DatabaseSpec] = Field(
+        default_factory=dict, description="Named database connections (business DB, shared "
+        "library 共享库).")
+    resources: dict[str, ResourceSpec] = Field(
+        default_factory=dict, description="Information resources this node exchanges, by id.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        # A section whose settings are all commented out parses as null: use defaults.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k == "node"}
+        return data
+
+    def cross_check(self) -> list[tuple[tuple, str]]:
+        """Problems between sections, as (path, message). Loads ``quality_file``s."""
+        out = []
+        for rid, r in self.resources.items():
+            if r.database not in self.databases:
+                out.append((("resources", rid, "database"), f"database '{r.database}' is not "
+                            "defined in 'databases'"))
+            if r.quality_file is not None:
+                p = self.resolve(r.quality_file)
+                try:
+                    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+                    out.append((("resources", rid, "quality_file"), f"cannot read rules from "
+                                f"{p}: {str(e).splitlines()[0]}"))
+                    continue
+                if not isinstance(data, dict):
+                    out.append((("resources", rid, "quality_file"),
+                                f"{p} must be a YAML mapping with 'rules'"))
+                    continue
+                r.quality = data
+        return out
+
+    # Not part of the file: where it was loaded from.
+    _source: str = PrivateAttr("<memory>")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source).resolve().parent if self.source != "<memory>" else Path.cwd()
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.base_dir / self.node.data_dir).resolve()
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / self.control.socket
+
+    @property
+    def state_url(self) -> str:
+        return self.state.url or f"sqlite:///{self.data_dir / 'state.db'}"
+
+    @property
+    def center_id(self) -> str:
+        return self.node.id if self.node.role == "center" else self.center.id
+
+    def database_url(self, name: str) -> Any:
+        """The SQLAlchemy URL of database ``name``, with its password file read in."""
+        from sqlalchemy.engine import make_url
+
+        db = self.databases[name]
+        url = make_url(db.url)
+        if db.password_file:
+            url = url.set(password=self.resolve(db.password_file).read_text().strip())
+        return url
+
+    def resolve(self, p: str) -> Path:
+        """A path from the file, relative to the file's folder."""
+        return (self.base_dir / p).resolve()
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of every mapping key and sequence item."""
+
+
+def _load_with_lines(text: str, name: str) -> tuple[Any, dict[tuple, int]]:
+    lines: dict[tuple, int] = {}
+    loader = _LineLoader(text)
+    loader.name = name  # type: ignore[attr-defined]
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, lines
+
+        def walk(node: yaml.Node, path: tuple) -> None:
+            lines.setdefault(path, node.start_mark.line + 1)
+            if isinstance(node, yaml.MappingNode):
+                seen: set[Any] = set()
+                for k, v in node.value:
+                    key = k.value
+                    if key in seen:
+                        raise ConfigError(f"{name}:{k.start_mark.line + 1}: "
+                                          f"'{key}' is given twice")
+                    seen.add(key)
+                    lines[(*path, key)] = k.start_mark.line + 1
+                    walk(v, (*path, key))
+            elif isinstance(node, yaml.SequenceNode):
+                for i, v in enumerate(node.value):
+                    walk(v, (*path, i))
+
+        walk(root, ())
+        data = loader.construct_document(root)
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def parse_config(text: str, source: str = "<memory>") -> Config:
+    """Parse and validate YAML text; raise ConfigError('FILE:LINE: ...') when it is bad."""
+    try:
+        data, lines = _load_with_lines(text, source)
+    except yaml.MarkedYAMLError as e:
+        line = (e.problem_mark.line + 1) if e.problem_mark else 1
+        raise ConfigError(f"{source}:{line}: invalid YAML: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}:1: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the file must be a YAML mapping with a 'node' section")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        line = 1
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        where = ".".join(str(x) for x in loc) or "(top)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        elif err["type"] == "missing":
+            msg = "required setting is missing"
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"{source}:{line}: {where}: {msg}{more}") from None
+    cfg._source = source
+    for path, msg in cfg.cross_check():
+        line = lines.get(path, lines.get(path[:2], 1))
+        raise ConfigError(f"{source}:{line}: {'.'.join(map(str, path))}: {msg}")
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Load the node's YAML file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file (create one with 'exnode init')") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (save the file as UTF-8)") from None
+    return parse_config(text, str(p))
+
+
+CONFIG_TEMPLATE = """\
+# exnode node configuration. Reference: `exnode config schema`.
+node:
+  id: {node_id}
+  # center: CA, member registry, relay and shared library (共享库).
+  # bureau: a bureau's (委办局) front-end machine (前置机).
+  role: {role}
+  # keys/, state.db and the control socket live here (relative to this file).
+  data_dir: .
+
+broker:
+  # The MQTT broker at the center. Bureaus only ever connect outbound.
+  host: {broker_host}
+  port: {broker_port}
+  protocol: auto          # 5, 3.1.1 or auto
+  # username: {node_id}
+  # password_file: broker.password
+  # tls:
+  #   ca: /etc/exnode/broker-ca.pem
+  max_message_bytes: 1900000   # larger packages are chunked
+{center_section}
+delivery:
+  retry_initial_s: 2      # republish until the recipient's signed receipt arrives
+  retry_max_s: 60
+  package_ttl_s: 604800   # a package expires after a week
+
+state:
+  # url: postgresql+psycopg://postgres@127.0.0.1/exnode   # default: SQLite in data_dir
+
+control:
+  socket: exnode.sock     # Unix socket, mode 0600, used by the exnode CLI
+
+log:
+  level: info
+"""
+
+
+def render_config(role: str, node_id: str, broker_host: str = "127.0.0.1",
+                  broker_port: int = 1883, center_id: str = "center") -> str:
+    """The commented YAML file that ``exnode init`` writes."""
+    if role == "center":
+        center = ("\ngconf:\n  validity_h: 168        # signed global configuration lifetime\n"
+                  "  refresh_h: 24\n")
+    else:
+        center = (f"\ncenter:\n  id: {center_id}\n"
+                  "  # ca_fingerprint is filled in by `exnode register TOKEN`\n")
+    return CONFIG_TEMPLATE.format(node_id=node_id, role=role, broker_host=broker_host,
+                                  broker_port=broker_port, center_section=center)

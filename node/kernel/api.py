@@ -1,0 +1,257 @@
+"""The narrow, typed interface between the exchange kernel and its services.
+
+A service (a built-in or third-party plugin) never sees the ``Node``. It gets:
+
+- :class:`ServiceAPI` when the node composes its services (``exnode_services``): send
+  and reply, exchange-log entries, state-DB access, the node's configuration and the
+  directory of members;
+- :class:`ApplyContext` in each package handler;
+- :class:`Router` to add control routes and :class:`ControlRequest` in each of them;
+- :class:`StatusBuilder` for its section of ``exnode status``;
+- :class:`CommandContext` (``click``'s ``ctx.obj``) in its CLI commands.
+
+Everything here is data classes and protocols; the kernel and the app implement them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from sqlalchemy import Connection, Engine, MetaData
+
+from exnode.node.base.config import Config
+
+if TYPE_CHECKING:
+    from exnode.node.kernel.envelope import Header
+
+Party = Literal["center", "bureau", "any"]
+
+
+# --- package kinds -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KindSpec:
+    """A package kind and its rules.
+
+    ``senders``/``recipients``: which role may send the kind, and to which role
+    ("center", "bureau" or "any"). ``relay``: whether the center forwards it from one
+    bureau to another, still sealed. ``ordered``: packages of the kind are applied in
+    sequence order per (source, resource).
+    """
+
+    name: str
+    handler: Callable[[ApplyContext], None]
+    ordered: bool = False
+    senders: Party = "any"
+    recipients: Party = "any"
+    relay: bool = True
+
+
+@dataclass
+class ApplyContext:
+    """What a package-kind handler gets. It runs in the state-DB worker thread inside the
+    transaction that records the package as applied: whatever it writes through
+    ``conn``, and every package it queues with ``reply``/``send``, commits exactly once
+    with that record."""
+
+    conn: Connection
+    header: Header
+    payload: bytes
+    replies: list[tuple[str, str, str, bytes]] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)
+
+    def reply(self, kind: str, payload: bytes, resource: str | None = None) -> None:
+        """Queue a package back to the sender (same transaction)."""
+        self.send(self.header.src, kind, payload, resource)
+
+    def send(self, dest: str, kind: str, payload: bytes, resource: str | None = None) -> None:
+        """Queue a package to any member (same transaction)."""
+        self.replies.append((dest, kind, self.header.res if resource is None else resource,
+                             payload))
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (in the event loop's thread) once the transaction has committed."""
+        self.after.append(fn)
+
+
+# --- state tables ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StateTables:
+    """A service's own tables in the state DB: its SQLAlchemy ``metadata`` and the folder
+    of its Alembic revisions (a branch of its own, labelled ``name``)."""
+
+    name: str
+    metadata: MetaData
+    versions: Path
+
+
+# --- the kernel as a service sees it ---------------------------------------------------------
+
+class DirectoryView(Protocol):
+    """Who the members are (from the signed global configuration or the registry)."""
+
+    version: int
+
+    @property
+    def valid(self) -> bool: ...
+
+    def ids(self) -> list[str]: ...
+
+    def has(self, node_id: str) -> bool: ...
+
+
+class ServiceAPI(Protocol):
+    """The kernel as a service sees it."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def is_center(self) -> bool: ...
+
+    @property
+    def center_id(self) -> str: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def directory(self) -> DirectoryView: ...
+
+    @property
+    def state(self) -> Engine:
+        """The state DB (use it in the state-DB thread: see :meth:`db`)."""
+        ...
+
+    @property
+    def started(self) -> float: ...
+
+    @property
+    def plugins(self) -> PluginRegistry: ...
+
+    async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in the state-DB worker thread (one writer, in order)."""
+        ...
+
+    def enqueue(self, conn: Connection, dest: str, kind: str, resource: str, payload: bytes,
+                extra: dict[str, Any] | None = None) -> str:
+        """Seal, sign and queue a package inside ``conn``'s transaction; returns its id."""
+        ...
+
+    async def send(self, dest: str, kind: str, resource: str, payload: bytes) -> str: ...
+
+    async def send_many(self, items: list[tuple[str, str, str, bytes]]) -> list[str]: ...
+
+    async def submit(self, dest: str, resource: str, item: bytes) -> None:
+        """Queue one small message; messages are packed into ``data`` packages."""
+        ...
+
+    async def flush(self) -> None: ...
+
+    def wake_outbox(self) -> None:
+        """New packages are in the outbox: publish them now (thread-safe)."""
+        ...
+
+    def outbox_depth(self) -> int:
+        """Packages waiting for their receipt (state-DB thread)."""
+        ...
+
+    def log(self, conn: Connection, entries: list[dict[str, Any]]) -> None:
+        """Append entries to the exchange log inside ``conn``'s transaction."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A background task, cancelled when the node stops; its failure is logged."""
+        ...
+
+    def running(self, name: str) -> bool:
+        """Whether a task spawned under ``name`` is still running."""
+        ...
+
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` in the event loop (thread-safe; for handlers in the DB thread)."""
+        ...
+
+
+class PluginRegistry(Protocol):
+    """What the load-phase hooks registered (read-only for services)."""
+
+    suites: Mapping[str, Any]
+    kinds: Mapping[str, KindSpec]
+    dialects: Any
+    adapters: Mapping[str, Callable[..., Any]]
+    rules: list[tuple[str, Any]]
+    tables: Mapping[str, StateTables]
+
+
+# --- control routes ---------------------------------------------------------------------------
+
+@dataclass
+class ControlRequest:
+    """A control-API request as a route handler sees it. ``body`` is the parsed JSON body
+    (``{}`` when there is none), ``params`` the path parameters, ``query`` the query."""
+
+    body: dict[str, Any]
+    params: Mapping[str, str]
+    query: Mapping[str, str]
+
+    def arg(self, name: str, kind: Callable[[Any], Any] = str, default: Any = ...) -> Any:
+        """A body field converted with ``kind``; a missing or bad one is a 400 answer."""
+        from exnode.node.base.errors import UsageError
+
+        if name not in self.body:
+            if default is ...:
+                raise UsageError(f"bad request: '{name}' is missing")
+            return default
+        try:
+            return kind(self.body[name])
+        except (TypeError, ValueError):
+            raise UsageError(f"bad request: '{name}' is not a valid {kind.__name__}") from None
+
+
+RouteHandler = Callable[[ControlRequest], Awaitable[Any]]
+
+
+class Router(Protocol):
+    """Where a service adds control routes. A handler returns JSON-able data; raising an
+    ``ExnodeError`` (or ``TimeoutError``) becomes a 4xx (504) answer with one line."""
+
+    def get(self, path: str, handler: RouteHandler) -> None: ...
+
+    def post(self, path: str, handler: RouteHandler) -> None: ...
+
+
+# --- status -------------------------------------------------------------------------------------
+
+class StatusBuilder(Protocol):
+    """A service's sections of ``exnode status``: ``data`` goes into ``--json`` under
+    ``name``; ``lines`` are what the text form prints."""
+
+    def add(self, name: str, data: Any, lines: list[str] | None = None) -> None: ...
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+class CommandContext(Protocol):
+    """``ctx.obj`` of every ``exnode`` command: the one way to reach the daemon."""
+
+    def config(self) -> Config:
+        """The node's configuration (``-c``, ``$EXNODE_CONFIG``, ./exnode.yaml, /etc)."""
+        ...
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout: float = 60.0) -> Any:
+        """Call the daemon's control API; a one-line error when it is not there."""
+        ...
+
+    def show(self, data: Any, as_json: bool, text: str | Callable[[Any], str] = "") -> None:
+        """Print ``data`` as one JSON line, or as ``text`` (or ``text(data)``)."""
+        ...

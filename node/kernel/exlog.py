@@ -1,0 +1,131 @@
+"""The exchange log (交换信息库): every package sent, received, relayed, applied or
+refused, hash-chained so that an edited or deleted row is detected.
+
+Each row's hash covers its own fields and the previous row's hash. The newest row's
+id and hash (the head) are kept in ``meta`` and signed with the node's key, so that
+cutting rows off the end is detected too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from sqlalchemy import Connection, select
+
+from exnode.node.kernel.state import exchange_log, meta
+
+GENESIS = "0" * 64
+HEAD_KEY = "log_head"
+FIELDS = ("pkg_id", "event", "peer", "resource", "kind", "size", "status", "reason")
+
+
+def row_hash(row_id: int, ts: float, fields: dict[str, Any], prev: str) -> str:
+    body = cbor2.dumps([row_id, f"{ts:.6f}", *(fields[f] for f in FIELDS), prev])
+    return hashlib.sha256(body).hexdigest()
+
+
+def _head_body(last_id: int, last_hash: str) -> bytes:
+    return f"exnode-log-head:{last_id}:{last_hash}".encode()
+
+
+def _read_head(conn: Connection, lock: bool) -> tuple[int, str]:
+    q = select(meta.c.value).where(meta.c.key == HEAD_KEY)
+    if lock and conn.dialect.name != "sqlite":
+        q = q.with_for_update()
+    v = conn.execute(q).scalar()
+    if v is None:
+        return 0, GENESIS
+    d = cbor2.loads(v)
+    return int(d["id"]), str(d["hash"])
+
+
+def append(conn: Connection, entries: Iterable[dict[str, Any]],
+           sign: Callable[[bytes], bytes]) -> None:
+    """Append log rows inside the caller's transaction and move the signed head."""
+    entries = list(entries)
+    if not entries:
+        return
+    if conn.dialect.name != "sqlite":
+        # Make sure the head row exists so that FOR UPDATE has something to lock.
+        _ensure_head(conn)
+    last_id, last_hash = _read_head(conn, lock=True)
+    rows = []
+    now = time.time()
+    for e in entries:
+        last_id += 1
+        fields = {"pkg_id": e.get("pkg_id", ""), "event": e["event"],
+                  "peer": e.get("peer", ""), "resource": e.get("resource", ""),
+                  "kind": e.get("kind", ""), "size": int(e.get("size", 0)),
+                  "status": e.get("status", "ok"), "reason": e.get("reason", "")}
+        h = row_hash(last_id, now, fields, last_hash)
+        rows.append({"id": last_id, "ts": now, **fields, "prev_hash": last_hash, "hash": h})
+        last_hash = h
+    conn.execute(exchange_log.insert(), rows)
+    head = cbor2.dumps({"id": last_id, "hash": last_hash,
+                        "sig": sign(_head_body(last_id, last_hash))})
+    n = conn.execute(meta.update().where(meta.c.key == HEAD_KEY).values(value=head)).rowcount
+    if n == 0:
+        conn.execute(meta.insert().values(key=HEAD_KEY, value=head))
+
+
+def _ensure_head(conn: Connection) -> None:
+    exists = conn.execute(select(meta.c.key).where(meta.c.key == HEAD_KEY)).first()
+    if exists is None:
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with conn.begin_nested():
+                conn.execute(meta.insert().values(
+                    key=HEAD_KEY, value=cbor2.dumps({"id": 0, "hash": GENESIS, "sig": b""})))
+        except IntegrityError:
+            pass
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    rows: int
+    bad_row: int | None = None
+    problem: str = ""
+
+
+def verify(conn: Connection, verify_sig: Callable[[bytes, bytes], bool] | None = None,
+           progress: Callable[[int], None] | None = None) -> VerifyResult:
+    """Recompute the chain; name the first row that does not fit."""
+    prev = GENESIS
+    expected_id = 1
+    n = 0
+    q = select(exchange_log).order_by(exchange_log.c.id).execution_options(yield_per=5000)
+    for r in conn.execute(q).mappings():
+        n += 1
+        if r["id"] != expected_id:
+            return VerifyResult(False, n, expected_id,
+                                f"row {expected_id} is missing (deleted); next row is {r['id']}")
+        if r["prev_hash"] != prev:
+            return VerifyResult(False, n, r["id"], f"row {r['id']} does not follow row "
+                                f"{r['id'] - 1} (an earlier row was edited or deleted)")
+        if row_hash(r["id"], r["ts"], dict(r), prev) != r["hash"]:
+            return VerifyResult(False, n, r["id"], f"row {r['id']} was edited: its contents "
+                                "do not match its hash")
+        prev = r["hash"]
+        expected_id += 1
+        if progress and n % 5000 == 0:
+            progress(n)
+    head_raw = conn.execute(select(meta.c.value).where(meta.c.key == HEAD_KEY)).scalar()
+    if head_raw is None:
+        if n:
+            return VerifyResult(False, n, None, "the signed log head is missing")
+        return VerifyResult(True, 0)
+    head = cbor2.loads(head_raw)
+    if head["id"] != expected_id - 1 or head["hash"] != prev:
+        return VerifyResult(False, n, head["id"] or None,
+                            f"the signed head names row {head['id']} but the log ends at row "
+                            f"{expected_id - 1} (rows were cut off or added)")
+    if verify_sig and n and not verify_sig(head["sig"], _head_body(head["id"], head["hash"])):
+        return VerifyResult(False, n, head["id"], "the log head's signature is not this node's")
+    return VerifyResult(True, n)

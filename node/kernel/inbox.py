@@ -1,0 +1,261 @@
+"""Receiving: authenticate every package, relay the ones for other members still sealed
+(center), and take custody of the ones addressed here: exactly once, in sequence order
+per (source, resource) for ordered kinds, with the handler's writes, the inbox record
+and the replies in one transaction. Runs in the state-DB worker thread."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine, select
+
+from exnode.node.base.config import Config
+from exnode.node.base.errors import Deferred, PackageError
+from exnode.node.kernel import envelope
+from exnode.node.kernel import identity as idn
+from exnode.node.kernel.api import ApplyContext, KindSpec
+from exnode.node.kernel.directory import Members
+from exnode.node.kernel.outbox import Outbox
+from exnode.node.kernel.receipts import RECEIPT, Receipts
+from exnode.node.kernel.state import inbox, peers, seq_in
+from exnode.node.kernel.topics import Topics
+
+log = structlog.get_logger("exnode")
+
+Acks = dict[str, list[list[Any]]]
+
+
+class _StopOrdered(Exception):
+    """A package was deferred: apply nothing after it in this (source, resource)."""
+
+
+@dataclass
+class BatchResult:
+    """What a processed batch leaves for the event loop: publishes (relayed packages and
+    receipts), after-commit callbacks, and whether new packages wait in the outbox."""
+
+    publishes: list[tuple[str, bytes, str]] = field(default_factory=list)  # topic, wire, id
+    after: list[Callable[[], None]] = field(default_factory=list)
+    wake_outbox: bool = False
+
+
+class Inbox:
+    def __init__(self, cfg: Config, engine: Engine, identity: idn.Identity,
+                 suites: dict[str, Any], kinds: dict[str, KindSpec], members: Members,
+                 outbox_: Outbox, receipts: Receipts, topics: Topics,
+                 counters: dict[str, int]) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.identity = identity
+        self.id = identity.node_id
+        self.is_center = cfg.node.role == "center"
+        self.suites = suites
+        self.kinds = kinds
+        self.members = members
+        self.outbox = outbox_
+        self.receipts = receipts
+        self.topics = topics
+        self.counters = counters
+        self.max_pkg = cfg.delivery.max_package_bytes
+
+    def topic_for(self, dest: str) -> str:
+        # Bureaus talk only to the center's inbox; the center writes each bureau's inbox.
+        return self.topics.inbox(dest if self.is_center else self.cfg.center_id)
+
+    def _ordered(self, h: envelope.Header) -> bool:
+        spec = self.kinds.get(h.kind)
+        return spec is not None and spec.ordered and h.seq > 0
+
+    # --- a batch ----------------------------------------------------------------------------
+
+    def process(self, wires: list[bytes]) -> BatchResult:
+        res = BatchResult()
+        acks: Acks = defaultdict(list)
+        with self.engine.begin() as conn:
+            for wire in wires:
+                pkg = None
+                try:
+                    pkg = envelope.parse(wire, self.max_pkg)
+                    self._authenticate(pkg)
+                    h = pkg.header
+                    self._touch_peer(conn, h.src)
+                    if self.is_center and any(r != self.id for r in h.rcpt):
+                        self._relay(conn, pkg, res)
+                    if self.id in h.rcpt:
+                        self._custody(conn, pkg, acks, res)
+                    elif not self.is_center:
+                        raise PackageError("misaddressed",
+                                           f"addressed to {','.join(h.rcpt)}, not to {self.id}")
+                except PackageError as e:
+                    self.log_refusal(pkg, e, len(wire), conn)
+            for src, items in acks.items():
+                receipt = self.receipts.build(src, items)
+                if receipt is not None:
+                    res.publishes.append((self.topic_for(src), *receipt))
+        return res
+
+    def log_refusal(self, pkg: envelope.Package | None, e: PackageError, size: int,
+                    conn: Connection | None = None) -> None:
+        h = pkg.header if pkg is not None else None
+        entry = {"pkg_id": h.id if h else "", "event": "refused",
+                 "peer": h.src if h else "?", "resource": h.res if h else "",
+                 "kind": h.kind if h else "", "size": size, "status": "refused",
+                 "reason": str(e)[:500]}
+        self.counters["refused"] += 1
+        log.warning("package_refused", pkg_id=entry["pkg_id"], peer=entry["peer"],
+                    reason=e.reason)
+        if conn is not None:
+            self.outbox.log(conn, [entry])
+        else:
+            with self.engine.begin() as c:
+                self.outbox.log(c, [entry])
+
+    def _authenticate(self, pkg: envelope.Package) -> idn.Member:
+        h = pkg.header
+        d = self.members.current
+        if h.src in d.revoked:
+            raise PackageError("revoked-sender", f"'{h.src}' has been revoked")
+        sender = d.get(h.src)
+        if sender is None:
+            raise PackageError("unknown-sender", f"'{h.src}' is not an approved member")
+        envelope.verify(pkg, self.suites, sender.sign_pub)
+        return sender
+
+    @staticmethod
+    def _touch_peer(conn: Connection, node_id: str) -> None:
+        now = time.time()
+        n = conn.execute(peers.update().where(peers.c.node_id == node_id)
+                         .values(last_contact=now)).rowcount
+        if n == 0:
+            conn.execute(peers.insert().values(node_id=node_id, last_contact=now))
+
+    # --- relay (center) ------------------------------------------------------------------
+
+    def _relay(self, conn: Connection, pkg: envelope.Package, res: BatchResult) -> None:
+        """Forward a package for another member, still sealed, after checking both ends."""
+        h = pkg.header
+        d = self.members.current
+        targets = [r for r in h.rcpt if r != self.id]
+        for r in targets:
+            if r in d.revoked or d.get(r) is None:
+                raise PackageError("unknown-recipient", f"'{r}' is not an approved member")
+        entries = []
+        for r in targets:
+            res.publishes.append((self.topics.inbox(r), pkg.wire, h.id))
+            entries.append({"pkg_id": h.id, "event": "relayed", "peer": f"{h.src}>{r}",
+                            "resource": h.res, "kind": h.kind, "size": len(pkg.wire)})
+        self.counters["relayed"] += len(targets)
+        self.outbox.log(conn, entries)
+
+    # --- custody ---------------------------------------------------------------------------
+
+    def _custody(self, conn: Connection, pkg: envelope.Package, acks: Acks,
+                 res: BatchResult) -> None:
+        h = pkg.header
+        if h.kind == RECEIPT:
+            res.wake_outbox = self.receipts.settle(conn, pkg) or res.wake_outbox
+            return
+        prev = conn.execute(select(inbox.c.status, inbox.c.reason, inbox.c.received_at)
+                            .where(inbox.c.pkg_id == h.id)).first()
+        if prev is not None:
+            if prev.status == "waiting":
+                return
+            # A duplicate: acknowledged again, never processed again.
+            self.outbox.log(conn, [{"pkg_id": h.id, "event": "duplicate", "peer": h.src,
+                                    "resource": h.res, "kind": h.kind, "size": len(pkg.wire),
+                                    "status": "duplicate",
+                                    "reason": f"already {prev.status}; acknowledged again"}])
+            self.counters["duplicates"] += 1
+            acks[h.src].append([h.id, prev.status, prev.reason or ""])
+            return
+        ordered = self._ordered(h)
+        if ordered:
+            last = conn.execute(select(seq_in.c.last_seq).where(
+                seq_in.c.src == h.src, seq_in.c.resource == h.res)).scalar() or 0
+            if h.seq <= last:
+                self._refuse(conn, pkg, PackageError(
+                    "stale-sequence", f"sequence {h.seq} <= {last} already applied"), acks)
+                return
+            if h.seq > last + 1:
+                conn.execute(inbox.insert().values(
+                    pkg_id=h.id, src=h.src, kind=h.kind, resource=h.res, seq=h.seq,
+                    status="waiting", received_at=time.time(), reason=f"waiting for {last + 1}",
+                    blob=pkg.wire))
+                return
+        try:
+            self._apply(conn, pkg, acks, res)
+        except _StopOrdered:
+            return
+        if ordered:
+            self._drain_waiting(conn, h.src, h.res, h.seq, acks, res)
+
+    def _drain_waiting(self, conn: Connection, src: str, resource: str, seq: int, acks: Acks,
+                       res: BatchResult) -> None:
+        while True:
+            nxt = conn.execute(select(inbox.c.pkg_id, inbox.c.blob).where(
+                inbox.c.status == "waiting", inbox.c.src == src, inbox.c.resource == resource,
+                inbox.c.seq == seq + 1)).first()
+            if nxt is None:
+                return
+            pkg = envelope.parse(nxt.blob, self.max_pkg)
+            try:
+                with conn.begin_nested():
+                    conn.execute(inbox.delete().where(inbox.c.pkg_id == nxt.pkg_id))
+                    self._apply(conn, pkg, acks, res)
+            except _StopOrdered:
+                return  # still waiting, still stored
+            seq += 1
+
+    def _refuse(self, conn: Connection, pkg: envelope.Package, e: PackageError,
+                acks: Acks) -> None:
+        h = pkg.header
+        conn.execute(inbox.insert().values(
+            pkg_id=h.id, src=h.src, kind=h.kind, resource=h.res, seq=h.seq, status="refused",
+            received_at=time.time(), reason=str(e)[:500], blob=None))
+        self.log_refusal(pkg, e, len(pkg.wire), conn)
+        acks[h.src].append([h.id, "refused", str(e)[:500]])
+
+    def _apply(self, conn: Connection, pkg: envelope.Package, acks: Acks,
+               res: BatchResult) -> None:
+        h = pkg.header
+        try:
+            spec = self.kinds.get(h.kind)
+            if spec is None:
+                raise PackageError("unknown-kind", f"no handler for kind '{h.kind}'")
+            payload = envelope.open_payload(pkg, self.suites, self.id,
+                                            self.identity.enc_key, self.max_pkg)
+            ctx = ApplyContext(conn, h, payload)
+            with conn.begin_nested():
+                spec.handler(ctx)
+                for dest, kind, resource, body in ctx.replies:
+                    self.outbox.enqueue(conn, dest, kind, resource, body)
+        except Deferred as e:
+            # Not applied and not acknowledged: the sender keeps it and tries again.
+            self.outbox.log(conn, [{"pkg_id": h.id, "event": "deferred", "peer": h.src,
+                                    "resource": h.res, "kind": h.kind, "size": len(pkg.wire),
+                                    "status": "deferred", "reason": str(e)[:500]}])
+            raise _StopOrdered() from None
+        except PackageError as e:
+            self._refuse(conn, pkg, e, acks)
+            return
+        conn.execute(inbox.insert().values(
+            pkg_id=h.id, src=h.src, kind=h.kind, resource=h.res, seq=h.seq, status="applied",
+            received_at=time.time(), reason=None, blob=None))
+        if self._ordered(h):
+            n = conn.execute(seq_in.update().where(seq_in.c.src == h.src,
+                                                   seq_in.c.resource == h.res)
+                             .values(last_seq=h.seq)).rowcount
+            if n == 0:
+                conn.execute(seq_in.insert().values(src=h.src, resource=h.res, last_seq=h.seq))
+        self.outbox.log(conn, [{"pkg_id": h.id, "event": "applied", "peer": h.src,
+                                "resource": h.res, "kind": h.kind, "size": len(pkg.wire)}])
+        self.counters["applied"] += 1
+        acks[h.src].append([h.id, "applied", ""])
+        res.after.extend(ctx.after)
+        if ctx.replies:
+            res.wake_outbox = True

@@ -1,0 +1,20 @@
+"""capture state (moved: these tables now belong to the database-sync service's
+own Alembic branch, ``exnode/plugins/builtin/sync/migrations``; kept so that state DBs
+migrated before that move find their revision)
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+revision = '0003'
+down_revision = '0002'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

@@ -1,0 +1,20 @@
+"""quarantine and quality stats (moved: these tables now belong to the database-sync service's
+own Alembic branch, ``exnode/plugins/builtin/sync/migrations``; kept so that state DBs
+migrated before that move find their revision)
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+revision = '0004'
+down_revision = '0003'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

@@ -1,0 +1,248 @@
+"""The node: it only composes the kernel's parts and the services the plugins bring.
+
+Data flows one way through a node: ``send`` (seal, sign, write to the outbox) -> the
+outbox pump (publish, republish with backoff until a signed receipt) -> the transport.
+On the receiving side: transport -> reassembly -> the inbox (authenticate, relay still
+sealed, or take custody and apply exactly once) -> receipts back to the sender.
+
+All state-DB work runs in one worker thread so the event loop stays free for the broker
+and the control API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+
+from exnode.node.base.config import Config
+from exnode.node.base.errors import IdentityError, PackageError, UsageError
+from exnode.node.kernel import exlog
+from exnode.node.kernel import identity as idn
+from exnode.node.kernel.api import ControlRequest, Router
+from exnode.node.kernel.batching import Batcher
+from exnode.node.kernel.directory import Enrolment, Gconf, Members
+from exnode.node.kernel.framing import Reassembler
+from exnode.node.kernel.inbox import BatchResult, Inbox
+from exnode.node.kernel.outbox import Outbox
+from exnode.node.kernel.receipts import Receipts
+from exnode.node.kernel.services import KernelAPI, Status
+from exnode.node.kernel.state import open_state
+from exnode.node.kernel.topics import Topics
+from exnode.node.kernel.transport import Transport, client_id, sleep_or_stop
+
+log = structlog.get_logger("exnode")
+
+DEFAULT_SUITE = "x25519-hkdf-sha256-aes256gcm-ed25519"
+
+
+class Node:
+    """A running exnode: identity, state DB, plugins, broker connection."""
+
+    def __init__(self, cfg: Config) -> None:
+        from exnode.plugins.manager import Registry, make_manager
+
+        self.cfg = cfg
+        self.id = cfg.node.id
+        self.is_center = cfg.node.role == "center"
+        self.identity = idn.Identity(self.id, cfg.keys_dir)
+        self.pm = make_manager(cfg.plugins.disable)
+        self.plugins = Registry(self.pm)
+        if DEFAULT_SUITE not in self.plugins.suites:
+            raise IdentityError(f"crypto suite {DEFAULT_SUITE} is not loaded (plugin disabled?)")
+        suite = self.plugins.suites[DEFAULT_SUITE]
+        self.engine = open_state(cfg.state_url)
+        self.topics = Topics(cfg.broker.topic_prefix)
+        self.counters: dict[str, int] = defaultdict(int)
+        self.started = time.time()
+        self.stop = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.spawned: list[asyncio.Task[Any]] = []
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="exnode-db")
+        self.members = Members(cfg, self.identity, self.engine)
+        self.outbox = Outbox(cfg, self.engine, self.identity, suite, self.members,
+                             lambda kind: kind in self.plugins.ordered, self.counters)
+        self.receipts = Receipts(cfg, self.identity, suite, self.plugins.suites, self.members,
+                                 self.outbox.log, self.counters)
+        self.inbox = Inbox(cfg, self.engine, self.identity, self.plugins.suites,
+                           self.plugins.kinds, self.members, self.outbox, self.receipts,
+                           self.topics, self.counters)
+        subs = [self.topics.inbox(self.id), self.topics.gconf]
+        if self.is_center:
+            subs.append(self.topics.enrol_all)
+        self.transport = Transport(cfg, client_id(self.id, self.identity.sign_pub), subs,
+                                   self._connected, cfg.delivery.max_in_flight)
+        self.gconf = Gconf(cfg, self.members, self.db, self.transport.publish, self.topics,
+                           self.outbox.wake.set)
+        self.enrolment = Enrolment(self.members, self.gconf, self.db, self.transport.publish,
+                                   self.topics, self._log_event)
+        self.batcher = Batcher(self.send_many, cfg.delivery.batch_bytes,
+                               cfg.delivery.batch_linger_ms)
+        self._reasm = Reassembler(cfg.delivery.max_package_bytes)
+        self.api = KernelAPI(self)
+
+    # --- small helpers ---------------------------------------------------------------------
+
+    async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in the state-DB worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    def _log_event(self, event: str, peer: str, status: str, reason: str) -> None:
+        with self.engine.begin() as conn:
+            exlog.append(conn, [{"event": event, "peer": peer, "kind": "control",
+                                 "status": status, "reason": reason}], self.identity.sign)
+
+    async def send_many(self, items: list[tuple[str, str, str, bytes]]) -> list[str]:
+        """Queue packages in one transaction; returns their ids once in the outbox."""
+        ids: list[str] = await self.db(self.outbox.enqueue_many, items)
+        self.outbox.wake.set()
+        return ids
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task[Any]:
+        """A background task; it is cancelled when the node stops."""
+        task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=name)
+        self.spawned.append(task)
+        task.add_done_callback(lambda t: t in self.spawned and self.spawned.remove(t))
+        return task
+
+    @staticmethod
+    async def _guard(coro: Coroutine[Any, Any, Any], name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.error("task_failed", task=name, error=f"{type(e).__name__}: {e}")
+
+    # --- composing ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the directory, compose the services, run their startup hooks."""
+        self.loop = asyncio.get_running_loop()
+        await self.db(self.members.load)
+        for svc in self.pm.hook.exnode_services(api=self.api):
+            if svc is not None:
+                self.pm.register(svc, name=f"service:{type(svc).__module__}")
+        self.plugins.collect_kinds()
+        self.pm.hook.exnode_startup(api=self.api)
+
+    def add_routes(self, router: Router) -> None:
+        """The kernel's control routes, then every service's."""
+        router.get("/status", self._status_route)
+        router.post("/gconf/publish", self._gconf_route)
+        self.pm.hook.exnode_control_routes(router=router)
+
+    async def _status_route(self, _req: ControlRequest) -> Any:
+        return await self.db(self.status)
+
+    async def _gconf_route(self, _req: ControlRequest) -> Any:
+        if not self.is_center:
+            raise UsageError("only the center publishes the global configuration")
+        return {"version": await self.gconf.publish()}
+
+    def status(self) -> dict[str, Any]:
+        """(state-DB thread) The node's status, with every service's sections."""
+        st = Status(self).kernel()
+        self.pm.hook.exnode_status_sections(status=st)
+        return st.data
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def _connected(self) -> None:
+        if self.is_center:
+            await self.gconf.publish()
+        await self.db(self.outbox.retry_all_now)
+        self.outbox.wake.set()
+
+    async def _receive(self) -> None:
+        q = self.transport.inbound
+        while not self.stop.is_set():
+            msgs = [await q.get()]
+            while len(msgs) < 256 and not q.empty():
+                msgs.append(q.get_nowait())
+            wires: list[bytes] = []
+            for m in msgs:
+                topic = m.topic.value
+                payload = bytes(m.payload) if isinstance(m.payload, (bytes, bytearray)) else b""
+                try:
+                    if topic == self.topics.gconf:
+                        await self.gconf.received(payload)
+                    elif self.topics.is_enrol(topic):
+                        await self.enrolment.received(topic, payload)
+                    else:
+                        wire = self._reasm.feed(payload)
+                        if wire is not None:
+                            wires.append(wire)
+                except PackageError as e:
+                    await self.db(self.inbox.log_refusal, None, e, len(payload))
+                except Exception as e:  # never let one bad message stop the node
+                    log.error("message_failed", topic=topic, error=f"{type(e).__name__}: {e}")
+            if wires:
+                await self._process(wires)
+
+    async def _process(self, wires: list[bytes]) -> None:
+        try:
+            res: BatchResult = await self.db(self.inbox.process, wires)
+        except Exception as e:
+            log.error("batch_failed", error=f"{type(e).__name__}: {e}", n=len(wires))
+            return
+        for fn in res.after:
+            try:
+                fn()
+            except Exception as e:
+                log.error("after_commit_failed", error=str(e))
+        if res.publishes:
+            await self.outbox.publish(self.transport, res.publishes)
+        if res.wake_outbox:
+            self.outbox.wake.set()
+
+    async def _periodic(self) -> None:
+        refresh = self.cfg.gconf.refresh_h * 3600
+        last_refresh = time.time()
+        while not self.stop.is_set():
+            await sleep_or_stop(self.stop, 10.0)
+            if self.stop.is_set():
+                return
+            try:
+                await self.db(self.outbox.expire)
+                await self.gconf.periodic()
+                if self.is_center and time.time() - last_refresh >= refresh:
+                    last_refresh = time.time()
+                    await self.gconf.publish()
+            except Exception as e:
+                log.error("periodic_failed", error=f"{type(e).__name__}: {e}")
+
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Run until ``stop`` is set (SIGTERM/SIGINT in ``exnode run``)."""
+        tasks = [asyncio.create_task(c) for c in (
+            self.transport.run(self.stop),
+            self.outbox.pump(self.transport, self.inbox.topic_for, self.db, self.stop),
+            self._receive(), self._periodic())]
+        log.info("node_started", node=self.id, role=self.cfg.node.role, pid=os.getpid(),
+                 socket=str(self.cfg.socket_path), members=len(self.members.current.members))
+        if ready:
+            ready()
+        try:
+            await self.stop.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.batcher.flush()
+            for t in tasks + self.spawned:
+                t.cancel()
+            for t in tasks + self.spawned:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    def close(self) -> None:
+        """After :meth:`run`: the services' shutdown hooks, then the state DB."""
+        self.pm.hook.exnode_shutdown(api=self.api)
+        self._db.shutdown(wait=True)
+        self.engine.dispose()
+        log.info("node_stopped", node=self.id)

@@ -1,0 +1,253 @@
+"""The outbox: a package is sealed, signed and written here before it is published, and
+republished with backoff and flow control until its signed receipt settles it.
+
+All methods but :meth:`Outbox.pump` run in the state-DB worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine, bindparam, func, select
+
+from exnode.node.base.config import Config
+from exnode.node.base.errors import PackageError
+from exnode.node.kernel import envelope, exlog
+from exnode.node.kernel import identity as idn
+from exnode.node.kernel.directory import Members
+from exnode.node.kernel.framing import frames
+from exnode.node.kernel.state import outbox, outbox_blobs, seq_out
+from exnode.node.kernel.transport import Transport
+
+log = structlog.get_logger("exnode")
+
+WIRE_CACHE_BYTES = 128 * 1024 * 1024
+
+
+class Outbox:
+    """Queued packages of one node, and the pump that publishes them."""
+
+    def __init__(self, cfg: Config, engine: Engine, identity: idn.Identity, suite: Any,
+                 members: Members, ordered: Callable[[str], bool],
+                 counters: dict[str, int]) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.identity = identity
+        self.suite = suite
+        self.members = members
+        self.ordered = ordered
+        self.counters = counters
+        self.wake = asyncio.Event()
+        self._wire_cache: OrderedDict[str, bytes] = OrderedDict()
+        self._wire_cache_bytes = 0
+
+    def log(self, conn: Connection, entries: list[dict[str, Any]]) -> None:
+        exlog.append(conn, entries, self.identity.sign)
+
+    # --- queueing ------------------------------------------------------------------------
+
+    def enqueue(self, conn: Connection, dest: str, kind: str, resource: str, payload: bytes,
+                extra: dict[str, Any] | None = None) -> str:
+        """Seal and sign a package and write it to the outbox, inside ``conn``'s txn."""
+        member = self.members.current.get(dest)
+        if member is None:
+            raise PackageError("unknown-recipient", f"'{dest}' is not an approved member "
+                               "(is the global configuration current?)")
+        seq = self._next_seq(conn, dest, resource) if self.ordered(kind) else 0
+        pkg = envelope.build(suite=self.suite, sign_key=self.identity.sign_key,
+                             src=self.identity.node_id, kind=kind,
+                             rcpt={dest: member.enc_pub}, resource=resource, seq=seq,
+                             payload=payload, ttl_s=self.cfg.delivery.package_ttl_s,
+                             extra=extra)
+        now = time.time()
+        conn.execute(outbox.insert().values(
+            pkg_id=pkg.header.id, dest=dest, kind=kind, resource=resource, seq=seq,
+            size=len(pkg.wire), created=now, expires=pkg.header.expires / 1000,
+            next_attempt=now, attempts=0, status="pending"))
+        conn.execute(outbox_blobs.insert().values(pkg_id=pkg.header.id, blob=pkg.wire))
+        self.log(conn, [{"pkg_id": pkg.header.id, "event": "created", "peer": dest,
+                         "resource": resource, "kind": kind, "size": len(pkg.wire)}])
+        self._cache_wire(pkg.header.id, pkg.wire)
+        return pkg.header.id
+
+    @staticmethod
+    def _next_seq(conn: Connection, dest: str, resource: str) -> int:
+        cur = conn.execute(select(seq_out.c.last_seq).where(
+            seq_out.c.dest == dest, seq_out.c.resource == resource)).scalar()
+        seq = (cur or 0) + 1
+        if cur is None:
+            conn.execute(seq_out.insert().values(dest=dest, resource=resource, last_seq=seq))
+        else:
+            conn.execute(seq_out.update().where(seq_out.c.dest == dest,
+                                                seq_out.c.resource == resource)
+                         .values(last_seq=seq))
+        return seq
+
+    def enqueue_many(self, items: list[tuple[str, str, str, bytes]]) -> list[str]:
+        """Several packages in one transaction."""
+        with self.engine.begin() as conn:
+            return [self.enqueue(conn, *it) for it in items]
+
+    def _cache_wire(self, pkg_id: str, wire: bytes) -> None:
+        """Keep a just-queued package in memory so its first publish needs no read."""
+        # When full, the newest stay out: the oldest are the next to be published.
+        if self._wire_cache_bytes + len(wire) <= WIRE_CACHE_BYTES:
+            self._wire_cache[pkg_id] = wire
+            self._wire_cache_bytes += len(wire)
+
+    # --- what to publish --------------------------------------------------------------
+
+    def due(self, limit: int) -> list[dict[str, Any]]:
+        """Packages to publish now: retries that are due, then fresh ones as far as the
+        flow-control window allows. Blobs are read only for the rows chosen."""
+        now = time.time()
+        d = self.cfg.delivery
+        cols = (outbox.c.pkg_id, outbox.c.dest, outbox.c.attempts, outbox.c.kind,
+                outbox.c.resource, outbox.c.size)
+        with self.engine.begin() as conn:
+            inflight_n, inflight_b = conn.execute(
+                select(func.count(), func.coalesce(func.sum(outbox.c.size), 0)).where(
+                    outbox.c.status == "pending", outbox.c.attempts > 0)).one()
+            rows = [dict(r) for r in conn.execute(
+                select(*cols).where(outbox.c.status == "pending", outbox.c.attempts > 0,
+                                    outbox.c.next_attempt <= now)
+                .order_by(outbox.c.created, outbox.c.pkg_id).limit(limit)).mappings()]
+            room_n = min(limit, d.window_packages - inflight_n)
+            room_b = d.window_bytes - inflight_b
+            if room_n > 0 and room_b > 0:
+                for r in conn.execute(
+                        select(*cols).where(outbox.c.status == "pending",
+                                            outbox.c.attempts == 0)
+                        .order_by(outbox.c.created, outbox.c.pkg_id).limit(room_n)).mappings():
+                    if room_b <= 0:
+                        break
+                    rows.append(dict(r))
+                    room_b -= r["size"]
+            self._attach_blobs(conn, rows)
+            if rows:
+                # Claimed in the same transaction: attempts and the next retry time move now,
+                # so the pump never needs a second round trip per batch.
+                self._mark_attempted(conn, rows)
+        return rows
+
+    def _attach_blobs(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        missing = []
+        for r in rows:
+            wire = self._wire_cache.pop(r["pkg_id"], None)
+            if wire is None:
+                missing.append(r["pkg_id"])
+            else:
+                self._wire_cache_bytes -= len(wire)
+                r["blob"] = wire
+        blobs: dict[str, bytes] = {}
+        for i in range(0, len(missing), 200):
+            blobs.update(conn.execute(select(outbox_blobs.c.pkg_id, outbox_blobs.c.blob)
+                                      .where(outbox_blobs.c.pkg_id.in_(missing[i:i + 200])))
+                         .tuples().all())
+        for r in rows:
+            if "blob" not in r:
+                r["blob"] = blobs[r["pkg_id"]]
+
+    def _mark_attempted(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        now = time.time()
+        d = self.cfg.delivery
+        first = []
+        params = []
+        for r in rows:
+            delay = min(d.retry_initial_s * (2 ** r["attempts"]), d.retry_max_s)
+            params.append({"k": r["pkg_id"], "n": r["attempts"] + 1,
+                           "t": now + delay * random.uniform(0.8, 1.2)})
+            if r["attempts"] == 0:
+                first.append({"pkg_id": r["pkg_id"], "event": "sent", "peer": r["dest"],
+                              "resource": r["resource"], "kind": r["kind"], "size": r["size"]})
+        conn.execute(outbox.update().where(outbox.c.pkg_id == bindparam("k"),
+                                           outbox.c.status == "pending")
+                     .values(attempts=bindparam("n"), next_attempt=bindparam("t")), params)
+        if first:
+            self.log(conn, first)
+
+    def expire(self) -> None:
+        """Give up on packages whose lifetime ended without a receipt (checked every few
+        seconds by the node's periodic task, not on every pump)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            expired = conn.execute(select(outbox.c.pkg_id, outbox.c.dest, outbox.c.kind,
+                                          outbox.c.resource, outbox.c.size).where(
+                outbox.c.status == "pending", outbox.c.expires < now)).mappings().all()
+            if not expired:
+                return
+            gone = [e["pkg_id"] for e in expired]
+            conn.execute(outbox.update().where(outbox.c.pkg_id.in_(gone)).values(
+                status="expired", done_at=now, reason="expired undelivered"))
+            conn.execute(outbox_blobs.delete().where(outbox_blobs.c.pkg_id.in_(gone)))
+            self.log(conn, [{"pkg_id": e["pkg_id"], "event": "expired", "peer": e["dest"],
+                             "resource": e["resource"], "kind": e["kind"], "size": e["size"],
+                             "status": "expired",
+                             "reason": "no receipt before the package expired"}
+                            for e in expired])
+
+    def retry_soon(self, pkg_ids: list[str]) -> None:
+        """Publishing failed (the connection dropped): try these again shortly."""
+        with self.engine.begin() as conn:
+            conn.execute(outbox.update().where(outbox.c.pkg_id.in_(pkg_ids),
+                                               outbox.c.status == "pending")
+                         .values(next_attempt=time.time() + 0.5))
+
+    def retry_all_now(self) -> None:
+        """After a (re)connect, packages that were sent into a dead connection go again."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(outbox.update().where(outbox.c.status == "pending",
+                                               outbox.c.attempts > 0,
+                                               outbox.c.next_attempt > now)
+                         .values(next_attempt=now))
+
+    def depth(self) -> int:
+        """Packages waiting for their receipt."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).where(
+                outbox.c.status == "pending")).scalar() or 0)
+
+    def next_due_in(self) -> float:
+        with self.engine.connect() as conn:
+            t = conn.execute(select(func.min(outbox.c.next_attempt)).where(
+                outbox.c.status == "pending")).scalar()
+        return 5.0 if t is None else max(0.0, t - time.time())
+
+    # --- publishing -----------------------------------------------------------------------
+
+    async def publish(self, transport: Transport, items: list[tuple[str, bytes, str]]) \
+            -> list[bool]:
+        """Publish packages (``topic, wire, pkg_id``), chunked to the broker's limit."""
+        limit = self.cfg.broker.max_message_bytes
+        # QoS 1 publishes are written to the socket in call order, so order per topic holds.
+        return list(await asyncio.gather(*(
+            transport.publish_frames(topic, list(frames(pkg_id, wire, limit)))
+            for topic, wire, pkg_id in items)))
+
+    async def pump(self, transport: Transport, topic_for: Callable[[str], str],
+                   db: Callable[..., Awaitable[Any]], stop: asyncio.Event) -> None:
+        """Publish what is due, for as long as the node runs."""
+        while not stop.is_set():
+            await transport.connected.wait()
+            self.wake.clear()  # before looking, so a wake-up during the look is not lost
+            rows = await db(self.due, 512)
+            if rows:
+                ok = await self.publish(transport, [(topic_for(r["dest"]), r["blob"],
+                                                     r["pkg_id"]) for r in rows])
+                failed = [r["pkg_id"] for r, good in zip(rows, ok, strict=True) if not good]
+                self.counters["published"] += len(rows) - len(failed)
+                if failed:
+                    await db(self.retry_soon, failed)
+                    await asyncio.sleep(0.5)
+                continue
+            wait = min(await db(self.next_due_in), 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=max(wait, 0.01))

@@ -1,0 +1,148 @@
+"""The kernel as its services see it (:class:`KernelAPI`, the one implementation of
+``exnode.node.kernel.api.ServiceAPI``), and the status document they add sections to."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, func, select
+
+from exnode.node.base.config import Config
+from exnode.node.kernel import exlog
+from exnode.node.kernel.api import DirectoryView, PluginRegistry
+from exnode.node.kernel.state import inbox, peers
+
+if TYPE_CHECKING:
+    from exnode.node.kernel.node import Node
+
+
+class KernelAPI:
+    """What a service may do with the node, and nothing more."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    @property
+    def node_id(self) -> str:
+        return self._node.id
+
+    @property
+    def role(self) -> str:
+        return self._node.cfg.node.role
+
+    @property
+    def is_center(self) -> bool:
+        return self._node.is_center
+
+    @property
+    def center_id(self) -> str:
+        return self._node.cfg.center_id
+
+    @property
+    def config(self) -> Config:
+        return self._node.cfg
+
+    @property
+    def directory(self) -> DirectoryView:
+        return self._node.members.current
+
+    @property
+    def state(self) -> Engine:
+        return self._node.engine
+
+    @property
+    def started(self) -> float:
+        return self._node.started
+
+    @property
+    def plugins(self) -> PluginRegistry:
+        return self._node.plugins
+
+    async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self._node.db(fn, *args)
+
+    def enqueue(self, conn: Connection, dest: str, kind: str, resource: str, payload: bytes,
+                extra: dict[str, Any] | None = None) -> str:
+        return self._node.outbox.enqueue(conn, dest, kind, resource, payload, extra)
+
+    async def send(self, dest: str, kind: str, resource: str, payload: bytes) -> str:
+        return (await self._node.send_many([(dest, kind, resource, payload)]))[0]
+
+    async def send_many(self, items: list[tuple[str, str, str, bytes]]) -> list[str]:
+        return await self._node.send_many(items)
+
+    async def submit(self, dest: str, resource: str, item: bytes) -> None:
+        await self._node.batcher.submit(dest, resource, item)
+
+    async def flush(self) -> None:
+        await self._node.batcher.flush()
+
+    def wake_outbox(self) -> None:
+        loop = self._node.loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._node.outbox.wake.set()
+        else:
+            loop.call_soon_threadsafe(self._node.outbox.wake.set)
+
+    def outbox_depth(self) -> int:
+        return self._node.outbox.depth()
+
+    def log(self, conn: Connection, entries: list[dict[str, Any]]) -> None:
+        exlog.append(conn, entries, self._node.identity.sign)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        return self._node.spawn(coro, name)
+
+    def running(self, name: str) -> bool:
+        return any(t.get_name() == name and not t.done() for t in self._node.spawned)
+
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        loop = self._node.loop
+        assert loop is not None, "the node is not running"
+        loop.call_soon_threadsafe(fn)
+
+
+class Status:
+    """The status document: the kernel's part, and sections added by services."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self.data: dict[str, Any] = {}
+
+    def add(self, name: str, data: Any, lines: list[str] | None = None) -> None:
+        self.data[name] = data
+        if lines:
+            self.data.setdefault("text", {})[name] = lines
+
+    def kernel(self) -> Status:
+        n = self._node
+        depth = n.outbox.depth()
+        with n.engine.connect() as conn:
+            waiting = conn.execute(select(func.count()).where(inbox.c.status == "waiting")) \
+                .scalar()
+            prs = [dict(r) for r in conn.execute(select(peers).order_by(peers.c.node_id))
+                   .mappings()]
+        d = n.members.current
+        t = n.transport
+        self.data.update({
+            "node": n.id, "role": n.cfg.node.role, "pid": os.getpid(),
+            "uptime_s": round(time.time() - n.started, 1),
+            "broker": {"host": n.cfg.broker.host, "port": n.cfg.broker.port,
+                       "connected": t.connected.is_set(), "protocol": t.protocol},
+            "gconf": {"version": d.version, "expires": d.expires, "valid": d.valid},
+            "members": d.ids(),
+            "outbox_pending": depth, "inbox_waiting": waiting,
+            "peers": prs, "counters": dict(n.counters),
+            "last_error": t.last_error or n.gconf.last_error,
+        })
+        return self

@@ -1,0 +1,1 @@
+"""Floor f: demo, local-cluster and embedded-broker tooling."""

@@ -1,0 +1,345 @@
+"""The database-sync commands: ``exnode sync``, ``capture``, ``quality``, ``quarantine``
+and ``conflicts``. Each reaches the daemon through ``ctx.obj`` (``CommandContext``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from exnode.node.base.errors import ExnodeError, UsageError
+from exnode.node.base.fmt import ago
+from exnode.node.kernel.api import CommandContext
+
+# --- database sync -------------------------------------------------------------------------
+
+class _SyncGroup(click.Group):
+    """`exnode sync RES --initial` is `exnode sync load RES --initial`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["load", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_SyncGroup)
+def sync() -> None:
+    """Database sync: `exnode sync RES --initial`, `sync status`, `sync now RES`."""
+
+
+@sync.command("load", hidden=True)
+@click.argument("resource")
+@click.option("--initial", is_flag=True, help="Send the whole table (resumable initial load).")
+@click.option("--restart", is_flag=True, help="With --initial: start over from the first row.")
+@click.option("--no-wait", is_flag=True, help="Start the load and return at once.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def sync_load(obj: CommandContext, resource: str, initial: bool, restart: bool,
+              no_wait: bool, as_json: bool) -> None:
+    """Initial load of RESOURCE: `exnode sync RESOURCE --initial`."""
+    if not initial:
+        raise UsageError(f"say what to do with {resource}: exnode sync {resource} --initial, "
+                         f"or exnode sync now {resource}")
+
+    job = obj.call("POST", "/sync/initial",
+               {"resource": resource, "restart": restart})
+    if no_wait:
+        obj.show(job, as_json,
+                 f"initial load of {resource} started ({job['rows']} rows sent so far)")
+        return
+
+    def poll() -> dict[str, Any]:
+        jobs = obj.call("GET", "/sync/jobs")
+        return next(j for j in jobs if j["resource"] == resource and j["kind"] == "initial")
+
+    show = sys.stderr.isatty() and not as_json
+    job = poll()
+    if show:
+        with click.progressbar(length=job["total"] or 0, label=f"initial load {resource}",
+                               file=sys.stderr, show_pos=True) as bar:
+            done = 0
+            while job["status"] == "running":
+                time.sleep(0.5)
+                job = poll()
+                if job["total"] and bar.length != job["total"]:
+                    bar.length = job["total"]
+                bar.update(job["rows"] - done)
+                done = job["rows"]
+    else:
+        while job["status"] == "running":
+            time.sleep(0.5)
+            job = poll()
+    if job["status"] != "done":
+        raise ExnodeError(f"initial load of {resource} failed: {job.get('error')}")
+    obj.show(job, as_json, f"initial load of {resource}: {job['rows']} rows sent "
+         "(applied at the other end as they arrive; see 'exnode status')")
+
+
+@sync.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def sync_status(obj: CommandContext, as_json: bool) -> None:
+    """Resources: freshness per node, errors, open conflicts, initial loads."""
+    st = obj.call("GET", "/status")
+    jobs = obj.call("GET", "/sync/jobs")
+    if as_json:
+        obj.show({"resources": st["resources"], "jobs": jobs}, True)
+        return
+    for r in st["resources"]:
+        flag = "STALE" if r["stale"] else "ok"
+        if r["error"]:
+            flag = "STOPPED: " + r["error"]
+        click.echo(f"{r['resource']:<24} {r['capture'] or '-':<12} {flag}"
+                   + (f"  ({r['open_conflicts']} open conflicts)" if r["open_conflicts"] else ""))
+        for n in r["nodes"]:
+            click.echo(f"    {n['node']:<16} last current {ago(n['last_current'])}"
+                       + (" STALE" if n["stale"] else ""))
+    for j in jobs:
+        click.echo(f"initial load {j['resource']}: {j['status']}, {j['rows']}"
+                   + (f"/{j['total']}" if j["total"] else "") + " rows")
+
+
+@sync.command("now")
+@click.argument("resource")
+@click.pass_obj
+def sync_now(obj: CommandContext, resource: str) -> None:
+    """Run RESOURCE's capture cycle now instead of at its next scheduled time."""
+
+    obj.call("POST", "/sync/now", {"resource": resource})
+    click.echo(f"capture of {resource} started")
+
+
+@sync.command("verify")
+@click.argument("resource")
+@click.option("--timeout", default=120.0, show_default=True, type=float)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def sync_verify(obj: CommandContext, resource: str, timeout: float, as_json: bool) -> None:
+    """Compare row counts and checksums of RESOURCE here and at its peers (at the center:
+    the owner and the subscribers); list differing keys. Exit 1 if they differ."""
+    rep = obj.call("POST", "/sync/verify",
+               {"resource": resource, "timeout": timeout}, timeout=timeout * 3 + 10)
+    if as_json:
+        obj.show(rep, True)
+    else:
+        click.echo(f"{resource}: " + ("all copies agree" if rep["ok"] else "copies DIFFER"))
+        for n in rep["nodes"]:
+            if "error" in n:
+                click.echo(f"  {n['node']:<16} {n['error']}")
+                continue
+            click.echo(f"  {n['node']:<16} {n['count']:>10} rows  checksum "
+                       f"{n['checksum'][:16]}  {'same' if n['same'] else 'DIFFERENT'}")
+            d = n.get("differences")
+            if d:
+                for what in ("missing_there", "extra_there", "different"):
+                    if d["counts"][what]:
+                        click.echo(f"      {what.replace('_', ' ')} ({d['counts'][what]}): "
+                                   + ", ".join(d[what][:20]))
+    if not rep["ok"]:
+        sys.exit(1)
+
+
+@click.group()
+def capture() -> None:
+    """Install or remove the change-capture triggers of a resource's table."""
+
+
+def _trigger_target(obj: CommandContext, resource: str) -> tuple[Any, Any]:
+    from sqlalchemy import create_engine
+
+    cfg = obj.config()
+    spec = cfg.resources.get(resource)
+    if spec is None:
+        raise UsageError(f"no resource '{resource}' in {cfg.source}")
+    if spec.table is None:
+        raise UsageError(f"resource '{resource}' maps a query; triggers need a table")
+    return create_engine(cfg.database_url(spec.database)), spec
+
+
+@capture.command("install")
+@click.argument("resource")
+@click.pass_obj
+def capture_install(obj: CommandContext, resource: str) -> None:
+    """Create the change table and the triggers on RESOURCE's table."""
+    from exnode.adapters import triggers
+
+    eng, spec = _trigger_target(obj, resource)
+    triggers.install(eng, spec.table, spec.key, schema=spec.db_schema)
+    click.echo(f"triggers installed on {spec.table} for {resource}")
+
+
+@capture.command("remove")
+@click.argument("resource")
+@click.option("--drop-changes", is_flag=True, help="Also drop the change table.")
+@click.pass_obj
+def capture_remove(obj: CommandContext, resource: str, drop_changes: bool) -> None:
+    """Remove RESOURCE's triggers (the change table stays unless --drop-changes)."""
+    from exnode.adapters import triggers
+
+    eng, spec = _trigger_target(obj, resource)
+    triggers.remove(eng, spec.table, schema=spec.db_schema, drop_changes=drop_changes)
+    click.echo(f"triggers removed from {spec.table}")
+
+
+@click.group()
+def quality() -> None:
+    """Data rule checks (数据规则约束检查): reports."""
+
+
+@quality.command("report")
+@click.argument("resource")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def quality_report(obj: CommandContext, resource: str, as_json: bool) -> None:
+    """Rows checked and failed per rule, open quarantine, daily trend."""
+    r = obj.call("GET", f"/quality/{resource}")
+    if as_json:
+        obj.show(r, True)
+        return
+    if not r["rules"]:
+        click.echo(f"{resource}: no rules declared here")
+    click.echo(f"{resource}: {r['checked']} rows checked, {r['failed']} failed, "
+               f"{r['quarantine_open']} in quarantine, "
+               f"{r['rejections_received']} rejections received")
+    for rule, n in sorted(r["per_rule"].items(), key=lambda x: -x[1]):
+        click.echo(f"  {rule:<24} {n:>8}")
+    for d in r["trend"][-14:]:
+        click.echo(f"  {d['day']} {d['stage']:<7} checked {d['checked']:>8}  failed "
+                   f"{d['failed']:>6}")
+
+
+@click.group()
+def quarantine() -> None:
+    """Rows held back by the data rules: list, show, retry, drop."""
+
+
+@quarantine.command("list")
+@click.option("--resource")
+@click.option("--all", "show_all", is_flag=True, help="Retried and dropped ones too.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def quarantine_list(obj: CommandContext, resource: str | None, show_all: bool,
+                    as_json: bool) -> None:
+    """Quarantined rows with the rules they broke."""
+    from urllib.parse import urlencode
+
+
+    q = {"status": "all" if show_all else "open"}
+    if resource:
+        q["resource"] = resource
+    rows = obj.call("GET", "/quarantine?" + urlencode(q))
+    if as_json:
+        obj.show(rows, True)
+        return
+    for r in rows:
+        reasons = "; ".join(f"{v['rule']}({v['field']})" for v in r["violations"])
+        click.echo(f"{r['id']:>5} {r['resource']:<20} key {r['key']:<16} {r['stage']:<6} "
+                   f"{r['status']:<8} {reasons}")
+    if not rows:
+        click.echo("quarantine is empty")
+
+
+@quarantine.command("show")
+@click.argument("qid", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def quarantine_show(obj: CommandContext, qid: int, as_json: bool) -> None:
+    """One quarantined row and why."""
+    r = obj.call("GET", f"/quarantine/{qid}")
+    if as_json:
+        obj.show(r, True)
+        return
+    click.echo(f"quarantined row {r['id']}: {r['resource']} key {r['key']} ({r['stage']}, "
+               f"from {r['src']}, {r['status']})")
+    for v in r["violations"]:
+        click.echo(f"  {v['rule']}({v['field']}): {v['reason']}")
+    for k, v in (r["row"] or {}).items():
+        click.echo(f"    {k:<20} {v}")
+
+
+def _quarantine_action(action: str) -> Any:
+    @click.argument("qid", type=int)
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def cmd(obj: CommandContext, qid: int, as_json: bool) -> None:
+
+        r = obj.call("POST", f"/quarantine/{qid}/{action}", {})
+        if as_json:
+            obj.show(r, True)
+        elif action == "retry" and not r["passed"]:
+            click.echo(f"row {qid} still fails: " + "; ".join(
+                f"{v['rule']}({v['field']}): {v['reason']}" for v in r["violations"]))
+        else:
+            click.echo(f"row {qid}: {r['status']}")
+        if action == "retry" and not r["passed"]:
+            sys.exit(1)
+
+    cmd.__doc__ = {"retry": "Check row QID again (at the owner: as the source has it now) and "
+                            "send it through if it passes.",
+                   "drop": "Give up on row QID (it stays listed with --all)."}[action]
+    return cmd
+
+
+for _qa in ("retry", "drop"):
+    quarantine.command(_qa)(_quarantine_action(_qa))
+
+
+@click.group()
+def conflicts() -> None:
+    """(center) The conflict queue of resources with conflict: manual."""
+
+
+@conflicts.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Resolved ones too.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def conflicts_list(obj: CommandContext, show_all: bool, as_json: bool) -> None:
+    """Open conflicts."""
+    rows = obj.call("GET",
+                "/conflicts?status=" + ("all" if show_all else "open"))
+    if as_json:
+        obj.show(rows, True)
+        return
+    for r in rows:
+        click.echo(f"{r['id']:>5} {r['resource']:<20} from {r['src']:<12} key {r['key']:<20} "
+                   f"{r['status']}  {r['reason']}")
+    if not rows:
+        click.echo("no open conflicts")
+
+
+@conflicts.command("show")
+@click.argument("conflict_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def conflicts_show(obj: CommandContext, conflict_id: int, as_json: bool) -> None:
+    """The incoming change beside the shared library's current row."""
+
+    r = obj.call("GET", f"/conflicts/{conflict_id}")
+    if as_json:
+        obj.show(r, True)
+        return
+    click.echo(f"conflict {r['id']}: {r['resource']} key {r['key']} from {r['src']} "
+               f"({r['status']}): {r['reason']}")
+    inc, cur = r["incoming"]["row"] or {}, r["current"] or {}
+    click.echo(f"  {'field':<20} {'incoming (' + r['incoming']['op'] + ')':<30} current")
+    for k in sorted(set(inc) | set(cur)):
+        mark = " *" if inc.get(k) != cur.get(k) else ""
+        click.echo(f"  {k:<20} {inc.get(k)!s:<30} {cur.get(k)}{mark}")
+
+
+@conflicts.command("resolve")
+@click.argument("conflict_id", type=int)
+@click.option("--keep", type=click.Choice(["incoming", "current"]), required=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def conflicts_resolve(obj: CommandContext, conflict_id: int, keep: str, as_json: bool) -> None:
+    """Apply the incoming change, or keep the current row and notify the sender."""
+    r = obj.call("POST", f"/conflicts/{conflict_id}/resolve", {"keep": keep})
+    obj.show(r, as_json, f"conflict {conflict_id} resolved: kept {keep}")
+
+
+
+
+COMMANDS = [sync, capture, quality, quarantine, conflicts]

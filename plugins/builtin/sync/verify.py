@@ -1,0 +1,171 @@
+"""``exnode sync verify``: compare the copies of a resource across its owner, the center
+and the subscribers by row count, an order-independent checksum and 256 bucket
+checksums, then list the keys that differ in the buckets that differ."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from typing import Any
+
+import cbor2
+from sqlalchemy import select
+
+from exnode.adapters.sql import row_hash
+from exnode.node.base.errors import ExnodeError, PackageError, UsageError
+from exnode.node.kernel.api import ApplyContext, ServiceAPI
+
+from .resources import VERIFY_REQ, VERIFY_RES, Resources, key_text
+from .tables import freshness
+
+VERIFY_MAX_KEYS = 100_000  # keys listed per verify answer
+
+
+class Verifier:
+    def __init__(self, api: ServiceAPI, res: Resources) -> None:
+        self.api = api
+        self.res = res
+        self._verify_waits: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+
+    def verify_peers(self, rid: str) -> list[str]:
+        """Whose copies `sync verify` compares with this node's: at the center the owner
+        (or every node that sent the resource) and the subscribers; at a bureau, the
+        center."""
+        spec = self.res.spec(rid)
+        if not self.api.is_center:
+            return [self.api.center_id]
+        peers: list[str] = []
+        if spec.owner:
+            peers.append(spec.owner)
+        else:
+            with self.api.state.connect() as conn:
+                peers += [n for (n,) in conn.execute(select(freshness.c.node).where(
+                    freshness.c.resource == rid)) if n != self.api.node_id]
+        peers += spec.subscribers
+        return [p for p in dict.fromkeys(peers) if p != self.api.node_id]
+
+    def summary(self, rid: str, fields: list[str] | None = None,
+                buckets: set[int] | None = None) -> dict[str, Any]:
+        """Row count, order-independent checksum and 256 bucket checksums of this node's
+        copy; with ``buckets``, the (key, hash) of every row in those buckets."""
+        ad = self.res.adapter(rid)
+        fields = fields or ad.fields
+        missing = [f for f in fields if f not in ad.fields]
+        if missing:
+            raise UsageError(f"resource '{rid}' here lacks fields {missing}")
+        sums = [0] * 256
+        total = count = 0
+        keys: list[list[Any]] = []
+        for chunk in ad.read_chunks(5000):
+            for row in chunk:
+                key = ad.key_of(row)
+                h = int.from_bytes(row_hash(row, fields, ad.naive_tz), "big")
+                b = _bucket(key)
+                sums[b] = (sums[b] + h) % (1 << 128)
+                total = (total + h) % (1 << 128)
+                count += 1
+                if buckets is not None and b in buckets and len(keys) < VERIFY_MAX_KEYS:
+                    keys.append([key_text(key), h.to_bytes(16, "big")])
+        out: dict[str, Any] = {"count": count, "checksum": total.to_bytes(16, "big").hex(),
+                               "buckets": [x.to_bytes(16, "big") for x in sums]}
+        if buckets is not None:
+            out["keys"] = keys
+        return out
+
+    def on_verify_request(self, ctx: ApplyContext) -> None:
+        """Answer a verify request off the DB thread: a checksum of a large table takes
+        a while, and packages keep flowing meanwhile."""
+        try:
+            req = cbor2.loads(ctx.payload)
+            req_id, fields = str(req["req"]), [str(f) for f in req["fields"]]
+            buckets = set(req["buckets"]) if req.get("buckets") is not None else None
+        except Exception:
+            raise PackageError("malformed", "verify request is not readable") from None
+        rid, src, api = ctx.header.res, ctx.header.src, self.api
+        self.res.spec(rid)
+
+        async def answer() -> None:
+            try:
+                res = await asyncio.get_running_loop().run_in_executor(
+                    None, self.summary, rid, fields, buckets)
+            except ExnodeError as e:
+                res = {"error": str(e)}
+            res["req"] = req_id
+            await api.send(src, VERIFY_RES, rid, cbor2.dumps(res))
+
+        ctx.after_commit(lambda: api.spawn(answer(), "verify answer"))
+
+    def on_verify_result(self, ctx: ApplyContext) -> None:
+        try:
+            res = cbor2.loads(ctx.payload)
+            req_id = str(res["req"])
+        except Exception:
+            raise PackageError("malformed", "verify result is not readable") from None
+        fut = self._verify_waits.get((req_id, ctx.header.src))
+        if fut is not None:
+            ctx.after_commit(lambda: fut.done() or fut.set_result(res))
+
+    async def _ask(self, peer: str, rid: str, fields: list[str], buckets: list[int] | None,
+                   timeout: float) -> dict[str, Any]:
+
+        req_id = uuid.uuid4().hex
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._verify_waits[(req_id, peer)] = fut
+        try:
+            await self.api.send(peer, VERIFY_REQ, rid, cbor2.dumps(
+                {"req": req_id, "fields": fields, "buckets": buckets}))
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return {"error": f"no answer within {timeout:.0f} s"}
+        finally:
+            self._verify_waits.pop((req_id, peer), None)
+
+    async def verify(self, rid: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Compare this node's copy of ``rid`` with its peers' and list differing keys."""
+        loop = asyncio.get_running_loop()
+        ad = await self.api.db(self.res.adapter, rid)
+        fields = ad.fields
+        mine = await loop.run_in_executor(None, self.summary, rid, fields, None)
+        peers = await self.api.db(self.verify_peers, rid)
+        answers = await asyncio.gather(*(self._ask(p, rid, fields, None, timeout)
+                                         for p in peers))
+        report = {"resource": rid, "fields": fields,
+                  "nodes": [{"node": self.api.node_id, "count": mine["count"],
+                             "checksum": mine["checksum"], "same": True}]}
+        ok = True
+        for peer, ans in zip(peers, answers, strict=True):
+            if "error" in ans:
+                report["nodes"].append({"node": peer, "error": ans["error"], "same": False})
+                ok = False
+                continue
+            same = ans["checksum"] == mine["checksum"] and ans["count"] == mine["count"]
+            entry: dict[str, Any] = {"node": peer, "count": ans["count"],
+                                     "checksum": ans["checksum"], "same": same}
+            if not same:
+                ok = False
+                diff = [b for b in range(256) if ans["buckets"][b] != mine["buckets"][b]]
+                theirs = await self._ask(peer, rid, fields, diff, timeout)
+                ours = await loop.run_in_executor(None, self.summary, rid, fields, set(diff))
+                entry["differences"] = _key_diff(dict((k, h) for k, h in ours["keys"]),
+                                                 dict((k, h) for k, h in
+                                                      theirs.get("keys", [])))
+            report["nodes"].append(entry)
+        report["ok"] = ok
+        return report
+
+
+def _bucket(key: tuple[Any, ...]) -> int:
+    return hashlib.sha256(key_text(key).encode()).digest()[0]
+
+
+def _key_diff(ours: dict[str, bytes], theirs: dict[str, bytes],
+              limit: int = 100) -> dict[str, Any]:
+    """Keys only here, only there, and with different rows (at most ``limit`` each)."""
+    only_here = sorted(k for k in ours if k not in theirs)
+    only_there = sorted(k for k in theirs if k not in ours)
+    changed = sorted(k for k in ours if k in theirs and ours[k] != theirs[k])
+    return {"missing_there": only_here[:limit], "extra_there": only_there[:limit],
+            "different": changed[:limit],
+            "counts": {"missing_there": len(only_here), "extra_there": len(only_there),
+                       "different": len(changed)}}
