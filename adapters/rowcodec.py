@@ -34,7 +34,7 @@ from typing import Any
 
 import cbor2
 
-from exnode.node.errors import PackageError
+from exnode.node.base.errors import PackageError
 from exnode.policies.changes import Change, ChangeBatch
 
 FORMAT = 1

@@ -3,9 +3,11 @@
 The adapter reads a resource's rows for capture (keyset chunks, watermark ranges, by
 key), applies received change batches exactly once, and fingerprints rows and tables
 for verification (核验). It speaks SQLAlchemy Core; what differs between databases
-lives in :mod:`exnode.adapters.dialects`. Tested on PostgreSQL (psycopg 3),
-MariaDB/MySQL (PyMySQL) and SQLite; Oracle and SQL Server go through their SQLAlchemy
-dialects on the generic, portable path (not tested here).
+is asked of the :class:`~exnode.adapters.dialects.Dialect` that the adapter's
+:class:`~exnode.adapters.dialects.DialectRegistry` picks for the engine when it opens.
+Tested on PostgreSQL (psycopg 3), MariaDB/MySQL (PyMySQL) and SQLite, and the generic,
+portable path on PostgreSQL and SQLite; Oracle and SQL Server take that generic path
+through their SQLAlchemy dialects (not tested here).
 
 Values read are plain Python values, the same for the same data on every database:
 MySQL's TINYINT(1) reads as bool, DOUBLE as float, TIME as ``datetime.time``.
@@ -42,11 +44,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from exnode.node.config import ResourceSpec
-from exnode.node.errors import ExnodeError
+from exnode.node.base.config import ResourceSpec
+from exnode.node.base.errors import ExnodeError
 from exnode.policies.changes import ChangeBatch
 
-from . import dialects
+from .dialects import Dialect, DialectRegistry, default_registry
 
 log = logging.getLogger(__name__)
 
@@ -298,14 +300,21 @@ class _Target:
 
 class SqlAdapter:
     """One resource on one database. Call :meth:`open` first; the object is cheap and
-    holds no connection between calls, so one may be used from a worker thread."""
+    holds no connection between calls, so one may be used from a worker thread.
+
+    ``dialects`` is where the adapter finds the :class:`Dialect` for ``engine``
+    (default: the built-in dialects, :data:`exnode.adapters.dialects.default_registry`);
+    a node passes the registry its plugins filled.
+    """
 
     def __init__(self, engine: Engine, resource_id: str, spec: ResourceSpec, *,
-                 naive_tz: dt.tzinfo = _UTC) -> None:
+                 naive_tz: dt.tzinfo = _UTC, dialects: DialectRegistry | None = None) -> None:
         self.engine = engine
         self.resource_id = resource_id
         self.spec = spec
         self.naive_tz = naive_tz
+        self.dialects = dialects if dialects is not None else default_registry
+        self._dialect: Dialect | None = None
         self._source: sa.Table | sa.Subquery | None = None
         self._cols: dict[str, _Col] = {}
         self._target: _Target | None = None
@@ -340,9 +349,19 @@ class SqlAdapter:
         if self._source is None:
             raise RuntimeError("SqlAdapter.open() was not called")
 
+    @property
+    def dialect(self) -> Dialect:
+        """The dialect that speaks for this database, chosen by :meth:`open` (or by the
+        first call that needs it)."""
+        if self._dialect is None:
+            self._dialect = self.dialects.for_dialect(self.engine.dialect)
+        return self._dialect
+
     def open(self) -> SqlAdapter:
-        """Reflect the table (or describe the query); SchemaMismatch when the table, a
-        field or a key field is missing. Call again after the table changed."""
+        """Pick the dialect, then reflect the table (or describe the query);
+        SchemaMismatch when the table, a field or a key field is missing. Call again
+        after the table changed."""
+        self._dialect = self.dialects.for_dialect(self.engine.dialect)
         self._target = None
         if self.spec.table is not None:
             table = self._reflect(self.spec.table)
@@ -361,7 +380,7 @@ class SqlAdapter:
             if col is None:
                 role = "key field" if f in self.spec.key else "column"
                 raise self._mismatch(f"{where} has no {role} '{f}'")
-            kind, tz = dialects.column_kind(col.type)
+            kind, tz = self.dialect.column_kind(col.type)
             cols[f] = _Col(f, col, kind, tz)
         self._cols = cols
         return self
@@ -374,7 +393,7 @@ class SqlAdapter:
             shown = f"{self.spec.db_schema}.{name}" if self.spec.db_schema else name
             raise self._mismatch(f"table '{shown}' does not exist") from None
         for col in table.c:
-            dialects.fix_reflected_type(col)
+            self.dialect.fix_reflected_type(col)
         return table
 
     def _describe_query(self) -> sa.Subquery:
@@ -391,7 +410,7 @@ class SqlAdapter:
     @contextmanager
     def _connect(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
-            dialects.prepare_session(conn)
+            self.dialect.prepare_session(conn)
             yield conn
 
     def _select(self) -> sa.Select[Any]:
@@ -436,8 +455,8 @@ class SqlAdapter:
             stmt = self._select()
             with self._connect() as conn:
                 if last is not None:
-                    stmt = stmt.where(dialects.keyset_after(
-                        [c.column for c in kcols], self._bind_key(kcols, last), conn.dialect))
+                    stmt = stmt.where(self.dialect.keyset_after(
+                        [c.column for c in kcols], self._bind_key(kcols, last)))
                 stmt = stmt.order_by(*[c.column for c in kcols]).limit(chunk_rows)
                 rows = list(self._rows(conn.execute(stmt)))
             if not rows:
@@ -463,7 +482,7 @@ class SqlAdapter:
             found = _find_column(self._source, column)  # type: ignore[arg-type]
             if found is None:
                 raise self._mismatch(f"table '{self.source_name}' has no column '{column}'")
-            kind, tz = dialects.column_kind(found.type)
+            kind, tz = self.dialect.column_kind(found.type)
             col = _Col(column, found, kind, tz)
         kcols = self._key_cols()
         stmt = self._select()
@@ -476,11 +495,12 @@ class SqlAdapter:
                 except _Incompatible as e:
                     raise self._mismatch(f"watermark column '{column}' {e}") from None
                 if after_key is None:
-                    stmt = stmt.where(col.column >= dialects.typed_literal(col.column, bound))
+                    stmt = stmt.where(
+                        col.column >= self.dialect.typed_literal(col.column, bound))
                 else:
-                    stmt = stmt.where(dialects.keyset_after(
+                    stmt = stmt.where(self.dialect.keyset_after(
                         [col.column, *[c.column for c in kcols]],
-                        [bound, *self._bind_key(kcols, after_key)], conn.dialect))
+                        [bound, *self._bind_key(kcols, after_key)]))
             stmt = stmt.order_by(col.column, *[c.column for c in kcols]).limit(limit)
             return list(self._rows(conn.execute(stmt)))
 
@@ -490,12 +510,12 @@ class SqlAdapter:
         self._need_open()
         kcols = self._key_cols()
         out: dict[tuple[Any, ...], dict[str, Any]] = {}
-        step = dialects.keys_per_statement(len(kcols))
+        step = self.dialect.keys_per_statement(len(kcols))
         with self._connect() as conn:
             for i in range(0, len(keys), step):
                 part = [self._bind_key(kcols, k) for k in keys[i:i + step]]
                 stmt = self._select().where(
-                    dialects.keys_in([c.column for c in kcols], part, conn.dialect))
+                    self.dialect.keys_in([c.column for c in kcols], part))
                 for row in self._rows(conn.execute(stmt)):
                     out[self.key_of(row)] = row
         return out
@@ -563,7 +583,7 @@ class SqlAdapter:
         shown = f"{self.spec.db_schema}.{name}" if self.spec.db_schema else name
         cols: dict[str, _Col] = {}
         for c in table.c:
-            kind, tz = dialects.column_kind(c.type)
+            kind, tz = self.dialect.column_kind(c.type)
             required = (not c.nullable and c.server_default is None and c.computed is None
                         and c.identity is None and c.default is None)
             cols[c.key] = _Col(c.key, c, kind, tz, required)
@@ -682,6 +702,7 @@ class SqlAdapter:
         runs = self._plan(batch)
         tgt = self._target_info()
         key_names = [c.column.key for c in tgt.keys]
+        dialect = self.dialect
         self._ensure_markers()
         try:
             with self._connect() as conn:
@@ -698,9 +719,9 @@ class SqlAdapter:
                 conn.execute(applying_table.insert().values(pkg_id=pkg_id))
                 for op, names, items in runs:
                     if op == "upsert":
-                        dialects.upsert(conn, tgt.table, key_names, names, items)
+                        dialect.upsert(conn, tgt.table, key_names, names, items)
                     else:
-                        dialects.delete_keys(conn, tgt.table, names, items)
+                        dialect.delete_keys(conn, tgt.table, names, items)
                 conn.execute(applying_table.delete().where(
                     applying_table.c.pkg_id == pkg_id))
                 conn.commit()

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from exnode.adapters import dialects
+from exnode.adapters.dialects import GenericDialect
 from exnode.adapters.rowcodec import decode_batch, encode_batch
 from exnode.adapters.sql import (
     APPLIED_TABLE,
@@ -30,7 +30,7 @@ from exnode.adapters.sql import (
     ensure_marker_tables,
     row_hash,
 )
-from exnode.node.config import ResourceSpec
+from exnode.node.base.config import ResourceSpec
 from exnode.policies.changes import Change, ChangeBatch
 
 UTC = dt.UTC
@@ -460,14 +460,15 @@ def test_composite_key_and_portable_statements(db: tuple[str, Engine]) -> None:
     # The generic path (Oracle, SQL Server) is plain Core: run it on this database too.
     table = sa.Table("readings", sa.MetaData(), autoload_with=engine)
     cols = [table.c.region, table.c.seq]
+    generic = GenericDialect()
     with engine.begin() as c:
-        dialects._upsert_generic(c, table, ["region", "seq"], ["region", "seq", "val"],
-                                 [{"region": "d", "seq": 1, "val": "upd"},
-                                  {"region": "e", "seq": 9, "val": "ins"}])
-        after = c.execute(sa.select(*cols).where(dialects._row_after_expanded(cols, ["c", 3]))
+        generic.upsert(c, table, ["region", "seq"], ["region", "seq", "val"],
+                       [{"region": "d", "seq": 1, "val": "upd"},
+                        {"region": "e", "seq": 9, "val": "ins"}])
+        after = c.execute(sa.select(*cols).where(generic.keyset_after(cols, ["c", 3]))
                           .order_by(*cols)).all()
         found = c.execute(sa.select(table.c.val).where(
-            dialects._keys_in_generic(cols, [("d", 1), ("e", 9), ("a", 2)]))
+            generic.keys_in(cols, [("d", 1), ("e", 9), ("a", 2)]))
             .order_by(table.c.val)).scalars().all()
     assert [tuple(r) for r in after] == [("c", 4), ("d", 1), ("e", 9)]
     assert found == ["a2", "ins", "upd"]

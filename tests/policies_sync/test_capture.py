@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from exnode.adapters import triggers
 from exnode.adapters.sql import SqlAdapter
-from exnode.node.config import CaptureSpec, ResourceSpec
-from exnode.node.state import make_engine
-from exnode.policies import triggers
-from exnode.policies.capture import (
+from exnode.node.base.config import CaptureSpec, ResourceSpec
+from exnode.node.kernel.state import make_engine
+from exnode.plugins.builtin.sync.capture import (
     APPLIED_DELETE,
     CaptureError,
     IncrementalCapture,

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from exnode.node.config import CaptureSpec, ScheduleSpec
+from exnode.node.base.config import CaptureSpec, ScheduleSpec
 from exnode.policies.schedule import Schedule
 
 

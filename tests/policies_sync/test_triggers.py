@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from exnode.adapters import triggers
 from exnode.adapters.sql import SqlAdapter
-from exnode.node.config import ResourceSpec
-from exnode.policies import triggers
-from exnode.policies.capture import SqlCaptureState, TriggerCapture
-from exnode.policies.triggers import TriggerError
+from exnode.adapters.triggers import TriggerError
+from exnode.node.base.config import ResourceSpec
+from exnode.plugins.builtin.sync.capture import SqlCaptureState, TriggerCapture
 
 MYSQL_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/?charset=utf8mb4"
 
