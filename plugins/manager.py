@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("sql", "exnode.plugins.builtin.sql"),
     ("basic", "exnode.plugins.builtin.basic"),
     ("sync", "exnode.plugins.builtin.sync"),
+    ("tools", "exnode.node.tools.commands"),
 )
 
 
@@ -116,11 +117,19 @@ class Registry:
     def ordered(self) -> set[str]:
         return {k for k, spec in self.kinds.items() if spec.ordered}
 
-    def collect_kinds(self) -> None:
-        """Call ``exnode_package_kinds`` (after the services have been registered)."""
+    def collect_kinds(self, spec_type: type[KindSpec]) -> None:
+        """Call ``exnode_package_kinds`` (after the services have been registered).
+        ``spec_type`` is the kernel's ``KindSpec`` (the manager sits below the kernel)."""
         self.kinds.clear()
         add = _once("package kind", self.kinds)
-        self.pm.hook.exnode_package_kinds(register=lambda spec: add(spec.name, spec))
+
+        def register(spec: Any, handler: Any = None, ordered: bool = False) -> None:
+            # register(KindSpec(...)); plugins written for 0.1 call register(name, handler)
+            if not isinstance(spec, spec_type):
+                spec = spec_type(str(spec), handler, ordered=ordered)
+            add(spec.name, spec)
+
+        self.pm.hook.exnode_package_kinds(register=register)
 
     def quality_registry(self) -> Any:
         """The built-in rule types and cleaning steps plus the plugins'."""
@@ -133,8 +142,9 @@ class Registry:
 
 
 def loaded_distributions() -> dict[str, str]:
-    """Installed distributions that declare ``exnode`` entry points."""
-    out = {}
+    """Installed distributions that bring plugins: exnode itself (the built-ins) and
+    those that declare ``exnode`` entry points."""
+    out = {"exnode": md.version("exnode")}
     for dist in md.distributions():
         if any(ep.group == ENTRY_POINT_GROUP for ep in dist.entry_points):
             out[dist.metadata["Name"]] = dist.version

@@ -15,7 +15,7 @@ from exnode.node.kernel import envelope
 from exnode.node.kernel import identity as idn
 from exnode.node.tools.cluster import LocalStar
 from exnode.node.kernel.framing import frames
-from exnode.plugins.builtin.crypto_default import DefaultSuite
+from exnode.plugins.builtin.crypto import DefaultSuite
 
 SUITE = DefaultSuite()
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from exnode.node.kernel import envelope as env
 from exnode.node.base.errors import PackageError
-from exnode.plugins.builtin.crypto_default import DefaultSuite
+from exnode.plugins.builtin.crypto import DefaultSuite
 
 SUITE = DefaultSuite()
 SUITES = {SUITE.id: SUITE}

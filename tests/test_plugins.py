@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -204,14 +205,14 @@ def test_plugins_json_lists_it_next_to_the_builtins(site):
     assert hello["module"] == "exnode_hello"
     assert set(hello["hooks"]) == {"exnode_package_kinds", "exnode_cli_commands"}
     for name, hook in (("crypto-x25519-aes256gcm", "exnode_crypto_suites"),
-                       ("kinds-core", "exnode_package_kinds")):
+                       ("basic", "exnode_services")):
         assert infos[name]["builtin"] is True
         assert infos[name]["distribution"] == "exnode"
         assert hook in infos[name]["hooks"]
     # built-ins are listed first
     names = [i["name"] for i in json.loads(r.stdout)]
     assert names.index("hello") > max(names.index("crypto-x25519-aes256gcm"),
-                                      names.index("kinds-core"))
+                                      names.index("basic"))
 
 
 def test_plugins_text_names_the_distribution(site):
@@ -219,7 +220,7 @@ def test_plugins_text_names_the_distribution(site):
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("hello "))
     assert f"{DIST} {VERSION}" in line
-    builtin = next(ln for ln in r.stdout.splitlines() if ln.startswith("kinds-core "))
+    builtin = next(ln for ln in r.stdout.splitlines() if ln.startswith("basic "))
     assert "built-in" in builtin
 
 
@@ -229,28 +230,66 @@ def test_plugin_cli_command(site):
     assert r.stdout.strip() == "hello from exnode-hello"
 
 
-def test_registry_picks_up_the_new_kind(site):
+def init_node(where: Path, node_id: str = "b9") -> Path:
+    """A bureau's config and keys, made by `exnode init`."""
+    r = subprocess.run([sys.executable, "-m", "exnode.node", "init", "--role", "bureau",
+                        "--id", node_id, "--dir", str(where)], capture_output=True, text=True,
+                       timeout=120, env=clean_env())
+    assert r.returncode == 0, r.stderr
+    return where / "exnode.yaml"
+
+
+def composed_kinds(config: Path, disable: list[str]) -> dict[str, Any]:
+    """The package kinds a node with this config composes (its per-node services)."""
+    from exnode.node.base.config import load_config
+    from exnode.node.kernel.node import Node
+
+    cfg = load_config(config)
+    cfg.plugins.disable = disable
+    node = Node(cfg)
+    try:
+        node.compose()
+        return dict(node.plugins.kinds)
+    finally:
+        node.engine.dispose()
+
+
+def test_registry_picks_up_the_new_kind(site, tmp_path):
     probe = textwrap.dedent('''\
         import json
         from types import SimpleNamespace
 
-        from exnode.plugins.manager import Registry, make_manager, loaded_distributions
+        import sys
 
-        reg = Registry(make_manager())
+        from exnode.node.base.config import load_config
+        from exnode.node.kernel.node import Node
+        from exnode.plugins.manager import loaded_distributions
+
+        def composed(disable):
+            cfg = load_config(sys.argv[1])
+            cfg.plugins.disable = disable
+            node = Node(cfg)
+            node.compose()  # the per-node services, and the package kinds they bring
+            node.engine.dispose()
+            return node.plugins
+
+        reg = composed([])
         replies = []
         ctx = SimpleNamespace(payload=b"bob", reply=lambda k, p: replies.append([k, p.decode()]))
-        reg.kinds["hello"](ctx)
-        blocked = Registry(make_manager(disable=["hello"]))
+        reg.kinds["hello"].handler(ctx)
+        blocked = composed(["hello"])
         print(json.dumps({
             "kinds": sorted(reg.kinds), "ordered": sorted(reg.ordered),
             "suites": sorted(reg.suites), "replies": replies,
-            "module": reg.kinds["hello"].__module__,
+            "module": reg.kinds["hello"].handler.__module__,
             "blocked_kinds": sorted(blocked.kinds),
             "dists": loaded_distributions(),
         }))
     ''')
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                       timeout=120, env=clean_env(PYTHONPATH=str(site)), cwd=site.parent)
+    config = init_node(tmp_path / "b9")
+    r = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True,
+                       text=True, timeout=120, env=clean_env(PYTHONPATH=str(site)),
+                       cwd=site.parent)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     # the external plugin's kind beside the built-ins (core kinds and database sync)
@@ -264,12 +303,14 @@ def test_registry_picks_up_the_new_kind(site):
     assert "exnode" in out["dists"]
 
 
-def test_builtins_in_process():
+def test_builtins_in_process(tmp_path):
     infos = {i.name: i for i in describe(make_manager())}
-    assert {"crypto-x25519-aes256gcm", "kinds-core"} <= set(infos)
+    assert {"crypto-x25519-aes256gcm", "basic", "sync", "sql", "tools"} <= set(infos)
     assert all(i.builtin and i.distribution == "exnode" for i in infos.values()
-               if i.name in ("crypto-x25519-aes256gcm", "kinds-core"))
-    reg = Registry(make_manager(disable=["kinds-core", "sync-sql"]))
-    assert reg.kinds == {}
-    assert "rows" in Registry(make_manager(disable=["kinds-core"])).kinds
+               if i.name in ("crypto-x25519-aes256gcm", "basic"))
+    config = init_node(tmp_path / "b9")
+    assert composed_kinds(config, ["basic", "sync"]) == {}
+    kinds = composed_kinds(config, ["basic"])
+    assert "rows" in kinds and "ping" not in kinds
+    reg = Registry(make_manager(disable=["basic", "sync"]))
     assert list(reg.suites) == ["x25519-hkdf-sha256-aes256gcm-ed25519"]

@@ -12,18 +12,36 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, MetaData, inspect, select, text
 
 from exnode.node.base.errors import StateError
-from exnode.node.kernel.state import MIGRATIONS, meta, metadata, open_state
+from exnode.node.kernel.state import MIGRATIONS, installed_tables, meta, open_state
+from exnode.node.kernel.state import metadata as kernel_metadata
 
 
-def head_revision() -> str:
+def all_metadata() -> MetaData:
+    """The kernel's tables and every installed service's, in one MetaData."""
+    m = MetaData()
+    for t in kernel_metadata.tables.values():
+        t.to_metadata(m)
+    for st in installed_tables():
+        for t in st.metadata.tables.values():
+            t.to_metadata(m)
+    return m
+
+
+metadata = all_metadata()
+
+
+def head_revisions() -> list[str]:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
-    assert head
-    return head
+    locations = [str(MIGRATIONS / "versions")] + [str(t.versions) for t in installed_tables()]
+    cfg.set_main_option("version_locations", " ".join(locations))
+    cfg.set_main_option("path_separator", "space")
+    heads = ScriptDirectory.from_config(cfg).get_heads()
+    assert len(heads) == 1 + len(installed_tables())  # one branch per set of tables
+    return sorted(heads)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,15 +65,43 @@ def tables(e: Engine) -> set[str]:
 
 def version(e: Engine) -> list[str]:
     with e.connect() as conn:
-        return [r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))]
+        return sorted(r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version")))
 
 
 def test_fresh_database_has_every_table(eng):
     assert tables(eng) == set(metadata.tables) | {"alembic_version"}
-    assert version(eng) == [head_revision()]
+    assert version(eng) == head_revisions()
     expected = {"meta", "members", "invites", "outbox", "seq_out", "inbox", "seq_in",
                 "received", "exchange_log", "peers"}
     assert expected <= set(metadata.tables)
+    # the kernel's own tables are only the kernel's: services bring theirs
+    assert "received" not in kernel_metadata.tables
+    assert "freshness" not in kernel_metadata.tables
+
+
+def test_state_db_from_before_the_service_branches_upgrades_in_place(url):
+    """A state DB made when every table was in the kernel's one chain (at revision 0004)
+    gets the service branches stamped on without losing rows."""
+    from sqlalchemy import create_engine
+
+    e = create_engine(url)
+    metadata.create_all(e)
+    with e.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('0004')"))
+        conn.execute(text("INSERT INTO freshness (resource, node, last_current, last_rows) "
+                          "VALUES ('people', 'b1', 1.0, 0)"))
+        conn.execute(text("INSERT INTO received (pkg_id, src, resource, seq, item, "
+                          "received_at, payload) VALUES ('p', 'b1', 'r', 1, 0, 1.0, 'x')"))
+    e.dispose()
+    e = open_state(url)
+    try:
+        assert version(e) == head_revisions()
+        with e.connect() as conn:
+            assert conn.execute(text("SELECT node FROM freshness")).scalar() == "b1"
+            assert conn.execute(text("SELECT src FROM received")).scalar() == "b1"
+    finally:
+        e.dispose()
 
 
 def test_every_column_and_index_is_there(eng):
@@ -81,7 +127,7 @@ def test_opening_twice_is_idempotent(url):
     e = open_state(url)
     try:
         assert tables(e) == set(metadata.tables) | {"alembic_version"}
-        assert version(e) == [head_revision()]
+        assert version(e) == head_revisions()
         with e.connect() as conn:
             assert conn.execute(select(meta.c.value).where(meta.c.key == "probe")).scalar() \
                 == b"kept"

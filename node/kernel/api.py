@@ -168,6 +168,10 @@ class ServiceAPI(Protocol):
         """Append entries to the exchange log inside ``conn``'s transaction."""
         ...
 
+    def record_rtt(self, conn: Connection, peer: str, rtt_ms: float) -> None:
+        """Note a measured round trip to ``peer`` (shown by ``exnode status``)."""
+        ...
+
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """A background task, cancelled when the node stops; its failure is logged."""
         ...

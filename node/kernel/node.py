@@ -26,7 +26,7 @@ from exnode.node.base.config import Config
 from exnode.node.base.errors import IdentityError, PackageError, UsageError
 from exnode.node.kernel import exlog
 from exnode.node.kernel import identity as idn
-from exnode.node.kernel.api import ControlRequest, Router
+from exnode.node.kernel.api import ControlRequest, KindSpec, Router
 from exnode.node.kernel.batching import Batcher
 from exnode.node.kernel.directory import Enrolment, Gconf, Members
 from exnode.node.kernel.framing import Reassembler
@@ -123,14 +123,18 @@ class Node:
 
     # --- composing ------------------------------------------------------------------------
 
+    def compose(self) -> None:
+        """Create every plugin's per-node service and collect the package kinds."""
+        for svc in self.pm.hook.exnode_services(api=self.api):
+            if svc is not None:
+                self.pm.register(svc, name=f"service:{type(svc).__module__}")
+        self.plugins.collect_kinds(KindSpec)
+
     async def start(self) -> None:
         """Load the directory, compose the services, run their startup hooks."""
         self.loop = asyncio.get_running_loop()
         await self.db(self.members.load)
-        for svc in self.pm.hook.exnode_services(api=self.api):
-            if svc is not None:
-                self.pm.register(svc, name=f"service:{type(svc).__module__}")
-        self.plugins.collect_kinds()
+        self.compose()
         self.pm.hook.exnode_startup(api=self.api)
 
     def add_routes(self, router: Router) -> None:

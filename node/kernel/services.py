@@ -100,6 +100,9 @@ class KernelAPI:
     def log(self, conn: Connection, entries: list[dict[str, Any]]) -> None:
         exlog.append(conn, entries, self._node.identity.sign)
 
+    def record_rtt(self, conn: Connection, peer: str, rtt_ms: float) -> None:
+        conn.execute(peers.update().where(peers.c.node_id == peer).values(last_rtt_ms=rtt_ms))
+
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         return self._node.spawn(coro, name)
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from alembic.util.exc import CommandError
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -28,7 +29,6 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from alembic.util.exc import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
 from exnode.node.base.errors import StateError

@@ -29,7 +29,6 @@ from exnode.node.kernel.api import (
     ServiceAPI,
     StateTables,
 )
-from exnode.node.kernel.state import peers
 from exnode.plugins import hookimpl
 
 metadata = MetaData()
@@ -77,8 +76,7 @@ class BasicService:
             return
         started, fut = waiting
         rtt = (time.perf_counter() - started) * 1000
-        ctx.conn.execute(peers.update().where(peers.c.node_id == ctx.header.src)
-                         .values(last_rtt_ms=rtt))
+        self.api.record_rtt(ctx.conn, ctx.header.src, rtt)
         ctx.after_commit(lambda: fut.done() or fut.set_result(rtt))
 
     def _data(self, ctx: ApplyContext) -> None:
