@@ -171,3 +171,60 @@ def test_rules_file_and_a_plugin_rule(tmp_path):
 
     with pytest.raises(ConfigError, match=r"exnode.yaml:4: resources.people.quality_file"):
         load_config(tmp_path / "exnode.yaml")
+
+
+def test_center_retry_records_the_row_origin_so_the_owner_can_update_it(make_star,
+                                                                          system_broker,
+                                                                          tmp_path):
+    """Under center-wins, a row the center applied from a quarantine retry was written by
+    its sender: the owner may go on updating it. (The retry used to apply the row without
+    recording its origin, so the center took the row for its own and refused the owner's
+    next change of it.)"""
+    import yaml
+
+    dbs = {n: tmp_path / f"{n}.db" for n in ("b1", "center", "b2")}
+    for p in dbs.values():
+        db = sqlite3.connect(p)
+        db.execute(DDL)
+        db.commit()
+        db.close()
+    res = {"database": "db", "table": "people", "key": ["id"]}
+    strict = {"rules": [{"rule": "range", "field": "amount", "min": 0, "max": 1000}]}
+    star = make_star(system_broker, node_settings={
+        "b1": {"databases": {"db": {"url": f"sqlite:///{dbs['b1']}"}},
+               "resources": {"people": {**res, "capture": {
+                   "strategy": "snapshot", "schedule": {"every": "1h"}}}}},
+        "center": {"databases": {"db": {"url": f"sqlite:///{dbs['center']}"}},
+                   "resources": {"people": {**res, "conflict": "center-wins",
+                                            "quality": strict, "subscribers": ["b2"]}}},
+        "b2": {"databases": {"db": {"url": f"sqlite:///{dbs['b2']}"}},
+               "resources": {"people": res}},
+    })
+    star.up()
+    star.dbs = dbs
+    write(star, "INSERT INTO people VALUES (?,?,?,?,?,?,?)",
+          (7, "赵六", valid_id(7), "1990-03-07", "M", 5000, "东城区"))
+    assert star.cli("b1", "sync", "now", "people").returncode == 0
+    wait_until(lambda: db_rows(star, "center", "SELECT count(*) FROM quarantine")[0][0] == 1,
+               30, 0.2, "the row quarantined at the center")
+
+    # the center's operator relaxes the rule, restarts and retries the row
+    star.stop("center")
+    path = star.config_path("center")
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    cfg["resources"]["people"]["quality"]["rules"][0]["max"] = 100000
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    star.start("center")
+    qid = json.loads(star.cli("center", "quarantine", "list", "--json").stdout)[0]["id"]
+    r = star.cli("center", "quarantine", "retry", str(qid), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["passed"], r.stdout + r.stderr
+    wait_until(lambda: 7 in rows(star, "b2"), 30, 0.2, "the retried row at b2")
+    assert db_rows(star, "center", "SELECT origin FROM row_origin WHERE key='[7]'") \
+        == [("b1",)], "the retry did not record who wrote the row"
+
+    # the owner changes the row: under center-wins it is still b1's to change
+    write(star, "UPDATE people SET amount=6000 WHERE id=7")
+    assert star.cli("b1", "sync", "now", "people").returncode == 0
+    wait_until(lambda: rows(star, "b2")[7][5] == 6000, 30, 0.2, "the owner's update at b2")
+    # the one notice b1 has is the quarantine's; the update drew none
+    assert db_rows(star, "b1", "SELECT count(*) FROM notices")[0][0] == 1
