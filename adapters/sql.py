@@ -45,9 +45,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from exnode.node.base.config import ResourceSpec
-from exnode.node.base.errors import ExnodeError
 from exnode.policies.changes import ChangeBatch
 
+from .contract import ApplyError, SchemaMismatch
 from .dialects import Dialect, DialectRegistry, default_registry
 
 log = logging.getLogger(__name__)
@@ -73,20 +73,6 @@ _UTC = dt.UTC
 _EPOCH_UTC = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 _US = dt.timedelta(microseconds=1)
 _SCAN_ROWS = 5000
-
-
-class SchemaMismatch(ExnodeError):
-    """The database does not have the table, column, key or column type a resource or
-    a received batch needs. Nothing was written."""
-
-
-class ApplyError(ExnodeError):
-    """The database refused a batch; the transaction was rolled back. ``transient`` is
-    True when retrying later may help (connection lost, lock timeout)."""
-
-    def __init__(self, message: str, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
 
 
 def ensure_marker_tables(engine: Engine) -> None:

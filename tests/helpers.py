@@ -13,8 +13,8 @@ import cbor2
 
 from exnode.node.kernel import envelope
 from exnode.node.kernel import identity as idn
-from exnode.node.tools.cluster import LocalStar
 from exnode.node.kernel.framing import frames
+from exnode.node.tools.cluster import LocalStar
 from exnode.plugins.builtin.crypto import DefaultSuite
 
 SUITE = DefaultSuite()

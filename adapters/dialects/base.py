@@ -135,6 +135,11 @@ class Dialect:
     sa_names: ClassVar[tuple[str, ...]] = ()
     #: Whether :meth:`install_triggers` can work (trigger capture).
     supports_triggers: ClassVar[bool] = False
+    #: Keyset paging with a row-value comparison ``(c1, c2) > (v1, v2)`` (the database
+    #: has row values and uses an index for them).
+    row_value_order: ClassVar[bool] = False
+    #: Key lookups with a row-value ``IN`` list.
+    row_value_in_list: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -203,7 +208,10 @@ class Dialect:
     def keyset_after(self, cols: Sequence[sa.ColumnElement[Any]],
                      values: Sequence[Any]) -> sa.ColumnElement[bool]:
         """(c1, c2, ...) > (v1, v2, ...): where keyset pagination resumes. It must agree
-        with ``ORDER BY c1, c2, ...`` on the same database. Generic: spelled out."""
+        with ``ORDER BY c1, c2, ...`` on the same database. Generic: spelled out; a
+        dialect with ``row_value_order`` compares row values."""
+        if self.row_value_order and len(cols) > 1:
+            return self.row_value_after(cols, values)
         return self.expanded_after(cols, values)
 
     def expanded_after(self, cols: Sequence[sa.ColumnElement[Any]],
@@ -230,7 +238,10 @@ class Dialect:
                 keys: Sequence[Key]) -> sa.ColumnElement[bool]:
         """The rows whose key is one of ``keys`` (at most :meth:`keys_per_statement`
         of them). Generic: ``c IN (...)`` for one column, else an OR of ANDs (Oracle
-        and SQL Server have no row-value IN)."""
+        and SQL Server have no row-value IN); a dialect with ``row_value_in_list`` uses
+        a row-value IN."""
+        if self.row_value_in_list:
+            return self.row_value_in(cols, keys)
         if len(cols) == 1:
             return cols[0].in_([k[0] for k in keys])
         return sa.or_(*[sa.and_(*[c == self.typed_literal(c, v)

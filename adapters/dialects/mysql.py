@@ -37,7 +37,6 @@ from .base import (
     APPLYING,
     CHANGES,
     Dialect,
-    Key,
     Row,
     label,
     quoter,
@@ -54,6 +53,7 @@ class MySQLDialect(Dialect):
     name: ClassVar[str] = "mysql"
     sa_names: ClassVar[tuple[str, ...]] = ("mysql", "mariadb")
     supports_triggers: ClassVar[bool] = True
+    row_value_in_list: ClassVar[bool] = True
 
     # ---- sessions and types ----
 
@@ -67,12 +67,6 @@ class MySQLDialect(Dialect):
         if isinstance(coltype, mysql.TINYINT) and getattr(coltype, "display_width", None) == 1:
             return "bool", False
         return super().column_kind(coltype)
-
-    # ---- predicates ----
-
-    def keys_in(self, cols: Sequence[sa.ColumnElement[Any]],
-                keys: Sequence[Key]) -> sa.ColumnElement[bool]:
-        return self.row_value_in(cols, keys)
 
     # ---- writes ----
 

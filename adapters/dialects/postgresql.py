@@ -31,7 +31,6 @@ from .base import (
     APPLYING,
     CHANGES,
     Dialect,
-    Key,
     Row,
     label,
     on_conflict_upsert,
@@ -75,18 +74,8 @@ class PostgreSQLDialect(Dialect):
     name: ClassVar[str] = "postgresql"
     sa_names: ClassVar[tuple[str, ...]] = ("postgresql",)
     supports_triggers: ClassVar[bool] = True
-
-    # ---- predicates ----
-
-    def keyset_after(self, cols: Sequence[sa.ColumnElement[Any]],
-                     values: Sequence[Any]) -> sa.ColumnElement[bool]:
-        if len(cols) > 1:
-            return self.row_value_after(cols, values)
-        return super().keyset_after(cols, values)
-
-    def keys_in(self, cols: Sequence[sa.ColumnElement[Any]],
-                keys: Sequence[Key]) -> sa.ColumnElement[bool]:
-        return self.row_value_in(cols, keys)
+    row_value_order: ClassVar[bool] = True
+    row_value_in_list: ClassVar[bool] = True
 
     # ---- writes ----
 

@@ -17,7 +17,7 @@ What differs from the generic path, and why:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
@@ -27,7 +27,6 @@ from .base import (
     APPLYING,
     CHANGES,
     Dialect,
-    Key,
     Row,
     TriggerError,
     label,
@@ -43,18 +42,8 @@ class SQLiteDialect(Dialect):
     name: ClassVar[str] = "sqlite"
     sa_names: ClassVar[tuple[str, ...]] = ("sqlite",)
     supports_triggers: ClassVar[bool] = True
-
-    # ---- predicates ----
-
-    def keyset_after(self, cols: Sequence[sa.ColumnElement[Any]],
-                     values: Sequence[Any]) -> sa.ColumnElement[bool]:
-        if len(cols) > 1:
-            return self.row_value_after(cols, values)
-        return super().keyset_after(cols, values)
-
-    def keys_in(self, cols: Sequence[sa.ColumnElement[Any]],
-                keys: Sequence[Key]) -> sa.ColumnElement[bool]:
-        return self.row_value_in(cols, keys)
+    row_value_order: ClassVar[bool] = True
+    row_value_in_list: ClassVar[bool] = True
 
     # ---- writes ----
 

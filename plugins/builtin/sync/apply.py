@@ -12,8 +12,8 @@ import cbor2
 import structlog
 from sqlalchemy import Connection, select
 
+from exnode.adapters.contract import SchemaMismatch
 from exnode.adapters.rowcodec import decode_batch, encode_batch
-from exnode.adapters.sql import SchemaMismatch
 from exnode.node.base.errors import Deferred, ExnodeError, PackageError
 from exnode.node.kernel.api import ApplyContext, ServiceAPI
 from exnode.policies.changes import Change, ChangeBatch

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 from decimal import Decimal
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import (
@@ -62,7 +62,7 @@ from sqlalchemy import (
 from exnode.adapters import triggers
 from exnode.node.base.config import CaptureSpec, ResourceSpec
 from exnode.node.base.errors import ExnodeError
-from exnode.policies.changes import Change, ChangeBatch
+from exnode.policies.changes import Change, ChangeBatch, RowSource
 
 from .tables import capture_state, snapshot_rows
 from .tables import metadata as state_metadata
@@ -82,31 +82,6 @@ class CaptureError(ExnodeError):
 
 
 # --- What the strategies need from the adapter and the state DB ---------------------
-
-
-@runtime_checkable
-class RowSource(Protocol):
-    """The part of the SQL adapter (``exnode.adapters.sql.SqlAdapter``) capture uses.
-    Rows are dicts of field -> value that include the key fields."""
-
-    def read_chunks(self, chunk_rows: int, after: Key | None = None) -> Iterable[Any]:
-        """Rows in key order after key ``after``, as lists of at most ``chunk_rows``
-        rows (one list per call is also accepted: capture then pages on)."""
-        ...
-
-    def read_since(self, column: str, after_value: Any, after_key: Key | None,
-                   limit: int) -> Sequence[Row]:
-        """At most ``limit`` rows with (column, key) > (after_value, after_key), in that
-        order; all rows from the start when ``after_value`` is None."""
-        ...
-
-    def fetch(self, keys: Sequence[Key]) -> Mapping[Key, Row]:
-        """The current rows of ``keys`` that still exist."""
-        ...
-
-    def row_hash(self, row: Row) -> bytes:
-        """A digest of the exchanged fields of ``row``."""
-        ...
 
 
 class CaptureStrategy(Protocol):

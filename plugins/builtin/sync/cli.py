@@ -83,22 +83,21 @@ def sync_load(obj: CommandContext, resource: str, initial: bool, restart: bool,
 def sync_status(obj: CommandContext, as_json: bool) -> None:
     """Resources: freshness per node, errors, open conflicts, initial loads."""
     st = obj.call("GET", "/status")
-    jobs = obj.call("GET", "/sync/jobs")
-    if as_json:
-        obj.show({"resources": st["resources"], "jobs": jobs}, True)
-        return
-    for r in st["resources"]:
-        flag = "STALE" if r["stale"] else "ok"
-        if r["error"]:
-            flag = "STOPPED: " + r["error"]
-        click.echo(f"{r['resource']:<24} {r['capture'] or '-':<12} {flag}"
+    obj.show({"resources": st["resources"], "jobs": obj.call("GET", "/sync/jobs")}, as_json,
+             _status_text)
+
+
+def _status_text(d: dict[str, Any]) -> str:
+    out = []
+    for r in d["resources"]:
+        flag = "STOPPED: " + r["error"] if r["error"] else "STALE" if r["stale"] else "ok"
+        out.append(f"{r['resource']:<24} {r['capture'] or '-':<12} {flag}"
                    + (f"  ({r['open_conflicts']} open conflicts)" if r["open_conflicts"] else ""))
-        for n in r["nodes"]:
-            click.echo(f"    {n['node']:<16} last current {ago(n['last_current'])}"
-                       + (" STALE" if n["stale"] else ""))
-    for j in jobs:
-        click.echo(f"initial load {j['resource']}: {j['status']}, {j['rows']}"
-                   + (f"/{j['total']}" if j["total"] else "") + " rows")
+        out += [f"    {n['node']:<16} last current {ago(n['last_current'])}"
+                + (" STALE" if n["stale"] else "") for n in r["nodes"]]
+    out += [f"initial load {j['resource']}: {j['status']}, {j['rows']}"
+            + (f"/{j['total']}" if j["total"] else "") + " rows" for j in d["jobs"]]
+    return "\n".join(out)
 
 
 @sync.command("now")
@@ -121,24 +120,25 @@ def sync_verify(obj: CommandContext, resource: str, timeout: float, as_json: boo
     the owner and the subscribers); list differing keys. Exit 1 if they differ."""
     rep = obj.call("POST", "/sync/verify",
                {"resource": resource, "timeout": timeout}, timeout=timeout * 3 + 10)
-    if as_json:
-        obj.show(rep, True)
-    else:
-        click.echo(f"{resource}: " + ("all copies agree" if rep["ok"] else "copies DIFFER"))
-        for n in rep["nodes"]:
-            if "error" in n:
-                click.echo(f"  {n['node']:<16} {n['error']}")
-                continue
-            click.echo(f"  {n['node']:<16} {n['count']:>10} rows  checksum "
-                       f"{n['checksum'][:16]}  {'same' if n['same'] else 'DIFFERENT'}")
-            d = n.get("differences")
-            if d:
-                for what in ("missing_there", "extra_there", "different"):
-                    if d["counts"][what]:
-                        click.echo(f"      {what.replace('_', ' ')} ({d['counts'][what]}): "
-                                   + ", ".join(d[what][:20]))
+    obj.show(rep, as_json, _verify_text)
     if not rep["ok"]:
         sys.exit(1)
+
+
+def _verify_text(rep: dict[str, Any]) -> str:
+    out = [f"{rep['resource']}: " + ("all copies agree" if rep["ok"] else "copies DIFFER")]
+    for n in rep["nodes"]:
+        if "error" in n:
+            out.append(f"  {n['node']:<16} {n['error']}")
+            continue
+        out.append(f"  {n['node']:<16} {n['count']:>10} rows  checksum "
+                   f"{n['checksum'][:16]}  {'same' if n['same'] else 'DIFFERENT'}")
+        d = n.get("differences") or {"counts": {}}
+        out += [f"      {what.replace('_', ' ')} ({d['counts'][what]}): "
+                + ", ".join(d[what][:20]) for what in ("missing_there", "extra_there",
+                                                        "different")
+                if d["counts"].get(what)]
+    return "\n".join(out)
 
 
 @click.group()
@@ -194,20 +194,20 @@ def quality() -> None:
 @click.pass_obj
 def quality_report(obj: CommandContext, resource: str, as_json: bool) -> None:
     """Rows checked and failed per rule, open quarantine, daily trend."""
-    r = obj.call("GET", f"/quality/{resource}")
-    if as_json:
-        obj.show(r, True)
-        return
-    if not r["rules"]:
-        click.echo(f"{resource}: no rules declared here")
-    click.echo(f"{resource}: {r['checked']} rows checked, {r['failed']} failed, "
+    obj.show(obj.call("GET", f"/quality/{resource}"), as_json, _report_text)
+
+
+def _report_text(r: dict[str, Any]) -> str:
+    res = r["resource"]
+    out = [] if r["rules"] else [f"{res}: no rules declared here"]
+    out.append(f"{res}: {r['checked']} rows checked, {r['failed']} failed, "
                f"{r['quarantine_open']} in quarantine, "
                f"{r['rejections_received']} rejections received")
-    for rule, n in sorted(r["per_rule"].items(), key=lambda x: -x[1]):
-        click.echo(f"  {rule:<24} {n:>8}")
-    for d in r["trend"][-14:]:
-        click.echo(f"  {d['day']} {d['stage']:<7} checked {d['checked']:>8}  failed "
-                   f"{d['failed']:>6}")
+    out += [f"  {rule:<24} {n:>8}" for rule, n in sorted(r["per_rule"].items(),
+                                                       key=lambda x: -x[1])]
+    out += [f"  {d['day']} {d['stage']:<7} checked {d['checked']:>8}  failed {d['failed']:>6}"
+            for d in r["trend"][-14:]]
+    return "\n".join(out)
 
 
 @click.group()
@@ -229,16 +229,10 @@ def quarantine_list(obj: CommandContext, resource: str | None, show_all: bool,
     q = {"status": "all" if show_all else "open"}
     if resource:
         q["resource"] = resource
-    rows = obj.call("GET", "/quarantine?" + urlencode(q))
-    if as_json:
-        obj.show(rows, True)
-        return
-    for r in rows:
-        reasons = "; ".join(f"{v['rule']}({v['field']})" for v in r["violations"])
-        click.echo(f"{r['id']:>5} {r['resource']:<20} key {r['key']:<16} {r['stage']:<6} "
-                   f"{r['status']:<8} {reasons}")
-    if not rows:
-        click.echo("quarantine is empty")
+    obj.show(obj.call("GET", "/quarantine?" + urlencode(q)), as_json, lambda rows: "\n".join(
+        f"{r['id']:>5} {r['resource']:<20} key {r['key']:<16} {r['stage']:<6} "
+        f"{r['status']:<8} " + "; ".join(f"{v['rule']}({v['field']})" for v in r["violations"])
+        for r in rows) or "quarantine is empty")
 
 
 @quarantine.command("show")
@@ -247,16 +241,11 @@ def quarantine_list(obj: CommandContext, resource: str | None, show_all: bool,
 @click.pass_obj
 def quarantine_show(obj: CommandContext, qid: int, as_json: bool) -> None:
     """One quarantined row and why."""
-    r = obj.call("GET", f"/quarantine/{qid}")
-    if as_json:
-        obj.show(r, True)
-        return
-    click.echo(f"quarantined row {r['id']}: {r['resource']} key {r['key']} ({r['stage']}, "
-               f"from {r['src']}, {r['status']})")
-    for v in r["violations"]:
-        click.echo(f"  {v['rule']}({v['field']}): {v['reason']}")
-    for k, v in (r["row"] or {}).items():
-        click.echo(f"    {k:<20} {v}")
+    obj.show(obj.call("GET", f"/quarantine/{qid}"), as_json, lambda r: "\n".join([
+        f"quarantined row {r['id']}: {r['resource']} key {r['key']} ({r['stage']}, "
+        f"from {r['src']}, {r['status']})",
+        *(f"  {v['rule']}({v['field']}): {v['reason']}" for v in r["violations"]),
+        *(f"    {k:<20} {v}" for k, v in (r["row"] or {}).items())]))
 
 
 def _quarantine_action(action: str) -> Any:
@@ -264,7 +253,6 @@ def _quarantine_action(action: str) -> Any:
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
     def cmd(obj: CommandContext, qid: int, as_json: bool) -> None:
-
         r = obj.call("POST", f"/quarantine/{qid}/{action}", {})
         if as_json:
             obj.show(r, True)
@@ -297,16 +285,10 @@ def conflicts() -> None:
 @click.pass_obj
 def conflicts_list(obj: CommandContext, show_all: bool, as_json: bool) -> None:
     """Open conflicts."""
-    rows = obj.call("GET",
-                "/conflicts?status=" + ("all" if show_all else "open"))
-    if as_json:
-        obj.show(rows, True)
-        return
-    for r in rows:
-        click.echo(f"{r['id']:>5} {r['resource']:<20} from {r['src']:<12} key {r['key']:<20} "
-                   f"{r['status']}  {r['reason']}")
-    if not rows:
-        click.echo("no open conflicts")
+    rows = obj.call("GET", "/conflicts?status=" + ("all" if show_all else "open"))
+    obj.show(rows, as_json, lambda rows: "\n".join(
+        f"{r['id']:>5} {r['resource']:<20} from {r['src']:<12} key {r['key']:<20} "
+        f"{r['status']}  {r['reason']}" for r in rows) or "no open conflicts")
 
 
 @conflicts.command("show")
@@ -315,18 +297,17 @@ def conflicts_list(obj: CommandContext, show_all: bool, as_json: bool) -> None:
 @click.pass_obj
 def conflicts_show(obj: CommandContext, conflict_id: int, as_json: bool) -> None:
     """The incoming change beside the shared library's current row."""
+    obj.show(obj.call("GET", f"/conflicts/{conflict_id}"), as_json, _conflict_text)
 
-    r = obj.call("GET", f"/conflicts/{conflict_id}")
-    if as_json:
-        obj.show(r, True)
-        return
-    click.echo(f"conflict {r['id']}: {r['resource']} key {r['key']} from {r['src']} "
-               f"({r['status']}): {r['reason']}")
+
+def _conflict_text(r: dict[str, Any]) -> str:
     inc, cur = r["incoming"]["row"] or {}, r["current"] or {}
-    click.echo(f"  {'field':<20} {'incoming (' + r['incoming']['op'] + ')':<30} current")
-    for k in sorted(set(inc) | set(cur)):
-        mark = " *" if inc.get(k) != cur.get(k) else ""
-        click.echo(f"  {k:<20} {inc.get(k)!s:<30} {cur.get(k)}{mark}")
+    out = [f"conflict {r['id']}: {r['resource']} key {r['key']} from {r['src']} "
+           f"({r['status']}): {r['reason']}",
+           f"  {'field':<20} {'incoming (' + r['incoming']['op'] + ')':<30} current"]
+    out += [f"  {k:<20} {inc.get(k)!s:<30} {cur.get(k)}"
+            + (" *" if inc.get(k) != cur.get(k) else "") for k in sorted(set(inc) | set(cur))]
+    return "\n".join(out)
 
 
 @conflicts.command("resolve")

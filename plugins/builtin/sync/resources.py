@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, create_engine
 
-from exnode.adapters.sql import SchemaMismatch
+from exnode.adapters.contract import SchemaMismatch
 from exnode.node.base.config import ResourceSpec
 from exnode.node.base.errors import ConfigError, PackageError
 from exnode.node.kernel.api import ServiceAPI

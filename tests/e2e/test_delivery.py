@@ -11,7 +11,7 @@ import pytest
 
 from exnode.node.tools.cluster import wait_until
 
-from .helpers import db_rows
+from ..helpers import db_rows
 
 N = 1000
 RESOURCES = 4

@@ -11,7 +11,7 @@ from stdnum.cn import ric
 
 from exnode.node.tools.cluster import wait_until
 
-from .helpers import db_rows
+from ..helpers import db_rows
 
 DDL = ("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, citizen_id TEXT, "
        "birth TEXT, sex TEXT, amount NUMERIC, district TEXT)")

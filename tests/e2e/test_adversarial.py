@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from exnode.node.tools.cluster import wait_until
 
-from .helpers import craft, db_rows, publish_package, publish_raw, refusals
+from ..helpers import craft, db_rows, publish_package, publish_raw, refusals
 
 
 def _refused_with(star, node, pkg_id, code):

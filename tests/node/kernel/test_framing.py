@@ -9,8 +9,8 @@ import random
 import cbor2
 import pytest
 
-from exnode.node.kernel.envelope import MAGIC
 from exnode.node.base.errors import PackageError
+from exnode.node.kernel.envelope import MAGIC
 from exnode.node.kernel.framing import CHUNK, WHOLE, Reassembler, frames
 
 PKG_ID = "0195f3c1-7d2e-7c4b-8a8e-0123456789ab"  # a uuid7, like every package id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MAPPED = {"node": "exnode.node", "plugins": "exnode.plugins", "adapters": "exnode.adapters",
           "policies": "exnode.policies"}
 

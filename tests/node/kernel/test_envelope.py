@@ -14,8 +14,8 @@ import pytest
 import zstandard
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from exnode.node.kernel import envelope as env
 from exnode.node.base.errors import PackageError
+from exnode.node.kernel import envelope as env
 from exnode.plugins.builtin.crypto import DefaultSuite
 
 SUITE = DefaultSuite()

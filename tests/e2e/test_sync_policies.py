@@ -17,11 +17,11 @@ import pytest
 import sqlalchemy as sa
 
 from exnode.adapters.sql import SqlAdapter
-from exnode.node.tools.cluster import wait_until
 from exnode.node.base.config import ResourceSpec
+from exnode.node.tools.cluster import wait_until
 
+from ..helpers import db_rows
 from . import test_sync
-from .helpers import db_rows
 from .test_sync import person
 
 # the star of tests/test_sync.py, as fixtures of this module too

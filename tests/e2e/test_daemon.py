@@ -15,7 +15,7 @@ import pytest
 
 from exnode.node.tools.cluster import wait_until
 
-from .helpers import db_rows
+from ..helpers import db_rows
 
 
 def test_sigterm_keeps_the_outbox_and_delivers_after_restart(make_star, system_broker):

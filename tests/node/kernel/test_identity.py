@@ -16,8 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from exnode.node.kernel import identity as idn
 from exnode.node.base.errors import IdentityError
+from exnode.node.kernel import identity as idn
 
 
 def mode(p: Path) -> int:

@@ -18,9 +18,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from exnode.node.base.config import load_config
 from exnode.node.kernel import exlog
 from exnode.node.kernel import identity as idn
-from exnode.node.base.config import load_config
 from exnode.node.kernel.state import open_state
 
 

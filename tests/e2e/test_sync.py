@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from exnode.node.tools.cluster import wait_until
 
-from .helpers import db_rows
+from ..helpers import db_rows
 
 UTC = dt.UTC
 
