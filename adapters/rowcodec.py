@@ -57,6 +57,15 @@ def _wall_us(value: dt.datetime) -> int:
     return (value.replace(tzinfo=None) - _EPOCH) // _US
 
 
+def _zoned(naive_tag: int, aware_tag: int, us: int, value: dt.datetime | dt.time,
+           what: str) -> cbor2.CBORTag:
+    """A wall-clock value in microseconds, with its UTC offset when it has one."""
+    off = value.utcoffset()
+    if off is None:
+        return cbor2.CBORTag(naive_tag, us)
+    return cbor2.CBORTag(aware_tag, [us, _offset_s(off, what)])
+
+
 def _offset_s(off: dt.timedelta | None, what: str) -> int:
     assert off is not None
     if off.microseconds:
@@ -82,17 +91,11 @@ def _enc(value: Any, what: str, depth: int = 0) -> Any:
             return value
         return cbor2.CBORTag(TAG_DECIMAL_SPECIAL, str(value))
     if isinstance(value, dt.datetime):
-        off = value.utcoffset()
-        if off is None:
-            return cbor2.CBORTag(TAG_NAIVE_DATETIME, _wall_us(value))
-        return cbor2.CBORTag(TAG_DATETIME, [_wall_us(value), _offset_s(off, what)])
+        return _zoned(TAG_NAIVE_DATETIME, TAG_DATETIME, _wall_us(value), value, what)
     if isinstance(value, dt.date):
         return cbor2.CBORTag(TAG_DATE, (value - _EPOCH_DATE).days)
     if isinstance(value, dt.time):
-        off = value.utcoffset()
-        if off is None:
-            return cbor2.CBORTag(TAG_TIME, _time_us(value))
-        return cbor2.CBORTag(TAG_TIME, [_time_us(value), _offset_s(off, what)])
+        return _zoned(TAG_TIME, TAG_TIME, _time_us(value), value, what)
     if isinstance(value, dt.timedelta):
         return cbor2.CBORTag(TAG_TIMEDELTA, value // _US)
     if isinstance(value, bytearray | memoryview):

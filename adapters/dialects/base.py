@@ -121,6 +121,17 @@ def on_conflict_upsert(ins: Any, table: sa.Table, keys: Sequence[str],
 
 # ---- the dialect ------------------------------------------------------------------------------
 
+# SQLAlchemy type classes -> exnode's column kinds, in the order they are tried (Float
+# is a Numeric, and Boolean must come before Integer for dialects that derive one from
+# the other).
+_COLUMN_KINDS: tuple[tuple[Any, str], ...] = (
+    (sa.Boolean, "bool"), (sa.Integer, "int"), (sa.Float, "float"), (sa.Numeric, "decimal"),
+    (sa.DateTime, "datetime"), (sa.Date, "date"), (sa.Time, "time"),
+    (sa.Interval, "interval"), (sa.Uuid, "uuid"), (sa.JSON, "json"),
+    (sa.Enum | sa.String, "str"), (sa.types._Binary, "bytes"),
+)
+
+
 class Dialect:
     """What exnode needs from one kind of database; this class is the generic path.
 
@@ -161,31 +172,10 @@ class Dialect:
         Kinds: bool, int, decimal, float, str, bytes, date, datetime, time, interval,
         uuid, json, other.
         """
-        t = coltype
-        if isinstance(t, sa.Boolean):
-            return "bool", False
-        if isinstance(t, sa.Integer):
-            return "int", False
-        if isinstance(t, sa.Float):
-            return "float", False
-        if isinstance(t, sa.Numeric):
-            return "decimal", False
-        if isinstance(t, sa.DateTime):
-            return "datetime", bool(getattr(t, "timezone", False))
-        if isinstance(t, sa.Date):
-            return "date", False
-        if isinstance(t, sa.Time):
-            return "time", bool(getattr(t, "timezone", False))
-        if isinstance(t, sa.Interval):
-            return "interval", False
-        if isinstance(t, sa.Uuid):
-            return "uuid", False
-        if isinstance(t, sa.JSON):
-            return "json", False
-        if isinstance(t, sa.Enum | sa.String):
-            return "str", False
-        if isinstance(t, sa.types._Binary):
-            return "bytes", False
+        for types, kind in _COLUMN_KINDS:  # the first match wins: Boolean before Integer
+            if isinstance(coltype, types):
+                zoned = kind in ("datetime", "time") and bool(getattr(coltype, "timezone", False))
+                return kind, zoned
         return "other", False
 
     def fix_reflected_type(self, col: sa.Column[Any]) -> None:

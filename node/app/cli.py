@@ -240,10 +240,10 @@ def run(ctx: click.Context) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Broker connection, members, outbox depth and last contact per peer."""
-    st = ctx.obj.call("GET", "/status")
-    if as_json:
-        _out(st, True)
-        return
+    ctx.obj.show(ctx.obj.call("GET", "/status"), as_json, _status_text)
+
+
+def _status_text(st: dict[str, Any]) -> str:
     b = st["broker"]
     lines = [
         f"node      {st['node']} ({st['role']}), pid {st['pid']}, up {st['uptime_s']:.0f} s",
@@ -263,7 +263,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         lines += section
     if st.get("last_error"):
         lines.append(f"last error {st['last_error']}")
-    click.echo("\n".join(lines))
+    return "\n".join(lines)
 
 
 # --- enrolment ------------------------------------------------------------------------------
@@ -303,12 +303,11 @@ def _center(ctx: click.Context) -> tuple[Config, Any, Any]:
     return cfg, idn.Identity(cfg.node.id, cfg.keys_dir), open_state(cfg.state_url)
 
 
-def _poke_gconf(cfg: Config) -> bool:
-    from exnode.node.app.control import call
+def _poke_gconf(ctx: click.Context) -> bool:
     from exnode.node.base.errors import DaemonNotRunning
 
     try:
-        call(cfg.socket_path, "POST", "/gconf/publish", {}, timeout=15)
+        ctx.obj.call("POST", "/gconf/publish", {}, timeout=15)
         return True
     except DaemonNotRunning:
         return False
@@ -352,13 +351,10 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
     from exnode.node.kernel import registry
 
     _c, _i, eng = _center(ctx)
-    rows = registry.list_members(eng)
-    if as_json:
-        _out(rows, True)
-        return
-    click.echo(f"{'NODE':<20} {'ROLE':<8} {'STATUS':<10} UPDATED")
-    for r in rows:
-        click.echo(f"{r['id']:<20} {r['role']:<8} {r['status']:<10} {ts(r['updated_at'])}")
+    ctx.obj.show(registry.list_members(eng), as_json, lambda rows: "\n".join(
+        [f"{'NODE':<20} {'ROLE':<8} {'STATUS':<10} UPDATED"]
+        + [f"{r['id']:<20} {r['role']:<8} {r['status']:<10} {ts(r['updated_at'])}"
+           for r in rows]))
 
 
 def _status_cmd(action: str) -> Any:
@@ -368,9 +364,9 @@ def _status_cmd(action: str) -> Any:
     def cmd(ctx: click.Context, node_id: str, as_json: bool) -> None:
         from exnode.node.kernel import registry
 
-        cfg, ident, eng = _center(ctx)
+        _cfg, ident, eng = _center(ctx)
         st = registry.set_status(eng, ident, node_id, action)
-        published = _poke_gconf(cfg)
+        published = _poke_gconf(ctx)
         _out({"node": node_id, "status": st, "gconf_published": published}, as_json,
              f"{node_id}: {st}" + ("" if published else
                                    " (daemon not running: published when it starts)"))
@@ -396,13 +392,11 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     path = ctx.obj.config_path()
     if path.exists():
         disable = load_config(path).plugins.disable
-    infos = describe(make_manager(disable))
-    if as_json:
-        _out([i.__dict__ for i in infos], True)
-        return
-    for i in infos:
-        origin = "built-in" if i.builtin else f"{i.distribution} {i.version}"
-        click.echo(f"{i.name:<32} {origin:<24} hooks: {', '.join(i.hooks)}")
+    infos = [i.__dict__ for i in describe(make_manager(disable))]
+    ctx.obj.show(infos, as_json, lambda infos: "\n".join(
+        f"{i['name']:<32} "
+        f"{'built-in' if i['builtin'] else i['distribution'] + ' ' + i['version']:<24} "
+        f"hooks: {', '.join(i['hooks'])}" for i in infos))
 
 
 @cli.group(invoke_without_command=True)
@@ -437,14 +431,10 @@ def log(ctx: click.Context, as_json: bool, peer: str | None, resource: str | Non
     for r in rows:
         r.pop("prev_hash", None)
         r.pop("hash", None)
-    if as_json:
-        _out(rows, True)
-        return
-    for r in rows:
-        reason = f"  {r['reason']}" if r["reason"] else ""
-        click.echo(f"{r['id']:>7} {ts(r['ts'])} {r['event']:<9} {r['kind']:<8} "
-                   f"{r['peer']:<22} {r['resource'] or '-':<14} {r['size']:>9} "
-                   f"{r['status']}{reason}")
+    ctx.obj.show(rows, as_json, lambda rows: "\n".join(
+        f"{r['id']:>7} {ts(r['ts'])} {r['event']:<9} {r['kind']:<8} {r['peer']:<22} "
+        f"{r['resource'] or '-':<14} {r['size']:>9} {r['status']}"
+        + (f"  {r['reason']}" if r["reason"] else "") for r in rows))
 
 
 @log.command("show")
@@ -473,18 +463,20 @@ def log_show(ctx: click.Context, pkg_id: str, as_json: bool) -> None:
                                                            "kind", "resource", "size",
                                                            "status", "reason")} for r in rows],
             "outbox": dict(ob) if ob else None, "inbox": dict(ib) if ib else None}
-    if as_json:
-        _out(data, True)
-        return
-    click.echo(f"package {pkg_id}")
-    for r in rows:
-        click.echo(f"  {ts(r['ts'])}  {r['event']:<9} {r['peer']:<22} {r['status']}"
-                   + (f"  {r['reason']}" if r["reason"] else ""))
+    ctx.obj.show(data, as_json, _trace_text)
+
+
+def _trace_text(d: dict[str, Any]) -> str:
+    ob, ib = d["outbox"], d["inbox"]
+    out = [f"package {d['pkg_id']}"]
+    out += [f"  {ts(r['ts'])}  {r['event']:<9} {r['peer']:<22} {r['status']}"
+            + (f"  {r['reason']}" if r["reason"] else "") for r in d["trace"]]
     if ob:
-        click.echo(f"  outbox: to {ob['dest']}, {ob['status']}, {ob['attempts']} attempt(s), "
+        out.append(f"  outbox: to {ob['dest']}, {ob['status']}, {ob['attempts']} attempt(s), "
                    f"seq {ob['seq']}")
     if ib:
-        click.echo(f"  inbox: from {ib['src']}, {ib['status']}, seq {ib['seq']}")
+        out.append(f"  inbox: from {ib['src']}, {ib['status']}, seq {ib['seq']}")
+    return "\n".join(out)
 
 
 @log.command("verify")

@@ -22,6 +22,7 @@ from exnode.node.kernel.api import ApplyContext, KindSpec
 from exnode.node.kernel.directory import Members
 from exnode.node.kernel.outbox import Outbox
 from exnode.node.kernel.receipts import RECEIPT, Receipts
+from exnode.node.kernel.relay import Relay
 from exnode.node.kernel.state import inbox, peers, seq_in
 from exnode.node.kernel.topics import Topics
 
@@ -47,7 +48,7 @@ class BatchResult:
 class Inbox:
     def __init__(self, cfg: Config, engine: Engine, identity: idn.Identity,
                  suites: dict[str, Any], kinds: dict[str, KindSpec], members: Members,
-                 outbox_: Outbox, receipts: Receipts, topics: Topics,
+                 outbox_: Outbox, receipts: Receipts, relay: Relay, topics: Topics,
                  counters: dict[str, int]) -> None:
         self.cfg = cfg
         self.engine = engine
@@ -59,6 +60,7 @@ class Inbox:
         self.members = members
         self.outbox = outbox_
         self.receipts = receipts
+        self.relay = relay
         self.topics = topics
         self.counters = counters
         self.max_pkg = cfg.delivery.max_package_bytes
@@ -85,7 +87,7 @@ class Inbox:
                     h = pkg.header
                     self._touch_peer(conn, h.src)
                     if self.is_center and any(r != self.id for r in h.rcpt):
-                        self._relay(conn, pkg, res)
+                        res.publishes += self.relay.forward(conn, pkg)
                     if self.id in h.rcpt:
                         self._custody(conn, pkg, acks, res)
                     elif not self.is_center:
@@ -133,24 +135,6 @@ class Inbox:
                          .values(last_contact=now)).rowcount
         if n == 0:
             conn.execute(peers.insert().values(node_id=node_id, last_contact=now))
-
-    # --- relay (center) ------------------------------------------------------------------
-
-    def _relay(self, conn: Connection, pkg: envelope.Package, res: BatchResult) -> None:
-        """Forward a package for another member, still sealed, after checking both ends."""
-        h = pkg.header
-        d = self.members.current
-        targets = [r for r in h.rcpt if r != self.id]
-        for r in targets:
-            if r in d.revoked or d.get(r) is None:
-                raise PackageError("unknown-recipient", f"'{r}' is not an approved member")
-        entries = []
-        for r in targets:
-            res.publishes.append((self.topics.inbox(r), pkg.wire, h.id))
-            entries.append({"pkg_id": h.id, "event": "relayed", "peer": f"{h.src}>{r}",
-                            "resource": h.res, "kind": h.kind, "size": len(pkg.wire)})
-        self.counters["relayed"] += len(targets)
-        self.outbox.log(conn, entries)
 
     # --- custody ---------------------------------------------------------------------------
 

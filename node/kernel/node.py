@@ -33,6 +33,7 @@ from exnode.node.kernel.framing import Reassembler
 from exnode.node.kernel.inbox import BatchResult, Inbox
 from exnode.node.kernel.outbox import Outbox
 from exnode.node.kernel.receipts import Receipts
+from exnode.node.kernel.relay import Relay
 from exnode.node.kernel.services import KernelAPI, Status
 from exnode.node.kernel.state import open_state
 from exnode.node.kernel.topics import Topics
@@ -71,9 +72,10 @@ class Node:
                              lambda kind: kind in self.plugins.ordered, self.counters)
         self.receipts = Receipts(cfg, self.identity, suite, self.plugins.suites, self.members,
                                  self.outbox.log, self.counters)
+        relay = Relay(self.id, self.members, self.topics, self.outbox.log, self.counters)
         self.inbox = Inbox(cfg, self.engine, self.identity, self.plugins.suites,
                            self.plugins.kinds, self.members, self.outbox, self.receipts,
-                           self.topics, self.counters)
+                           relay, self.topics, self.counters)
         subs = [self.topics.inbox(self.id), self.topics.gconf]
         if self.is_center:
             subs.append(self.topics.enrol_all)

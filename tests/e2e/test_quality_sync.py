@@ -34,14 +34,20 @@ CENTER_RULES = {
 }
 
 
-@pytest.fixture
-def star(make_star, system_broker, tmp_path):
+def people_dbs(tmp_path) -> dict[str, object]:
+    """An empty SQLite business database with the people table for each node."""
     dbs = {n: tmp_path / f"{n}.db" for n in ("b1", "center", "b2")}
     for p in dbs.values():
         db = sqlite3.connect(p)
         db.execute(DDL)
         db.commit()
         db.close()
+    return dbs
+
+
+@pytest.fixture
+def star(make_star, system_broker, tmp_path):
+    dbs = people_dbs(tmp_path)
     res = {"database": "db", "table": "people", "key": ["id"], "owner": "b1"}
     s = make_star(system_broker, node_settings={
         "b1": {"databases": {"db": {"url": f"sqlite:///{dbs['b1']}"}},
@@ -182,12 +188,7 @@ def test_center_retry_records_the_row_origin_so_the_owner_can_update_it(make_sta
     next change of it.)"""
     import yaml
 
-    dbs = {n: tmp_path / f"{n}.db" for n in ("b1", "center", "b2")}
-    for p in dbs.values():
-        db = sqlite3.connect(p)
-        db.execute(DDL)
-        db.commit()
-        db.close()
+    dbs = people_dbs(tmp_path)
     res = {"database": "db", "table": "people", "key": ["id"]}
     strict = {"rules": [{"rule": "range", "field": "amount", "min": 0, "max": 1000}]}
     star = make_star(system_broker, node_settings={

@@ -34,12 +34,10 @@ from exnode.plugins.manager import DEFAULT_PLUGINS, Registry, describe, make_man
 from exnode.policies.quality import compile_ruleset
 
 from ..helpers import craft, publish_package, refusals
-from .test_plugins import clean_env
+from .building import BUILD_SYSTEM, clean_env, pip_install
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "exnode-notes"
 DIST, VERSION, MODULE = "exnode-notes", "0.1.0", "exnode_notes"
-BUILD_SYSTEM = ('[build-system]\nrequires = []\nbuild-backend = "wheel_backend"\n'
-                'backend-path = ["_build"]\n\n')
 COLUMNS = ["id", "number", "author", "title", "text", "posted_at", "filed_at", "pkg_id"]
 TITLE, TEXT = "Water supply notice 停水通知", "Mains repair on Zhongshan Road, 22:00-06:00."
 
@@ -56,15 +54,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       pyproject.read_text())
     assert n == 1, "the example's pyproject.toml has no [build-system] table"
     pyproject.write_text(text)
-    (proj / "_build").mkdir()
-    shutil.copy(Path(__file__).with_name("wheel_backend.py"), proj / "_build")
-    target = root / "site"
-    r = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-         "--no-index", "--no-cache-dir", "--disable-pip-version-check", "--quiet",
-         "--target", str(target), str(proj)],
-        capture_output=True, text=True, timeout=300, env=clean_env(), cwd=root)
-    assert r.returncode == 0, r.stdout + r.stderr
+    target = pip_install(proj, root / "site")
     assert (target / MODULE / "service.py").exists()
     assert (target / MODULE / "migrations" / "notes_0001_notes_table.py").exists()
     return target

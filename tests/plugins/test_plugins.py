@@ -5,8 +5,8 @@ The plugin is installed with ``pip install --target`` into a folder of its own a
 reaches exnode only through PYTHONPATH, in subprocesses: neither the venv nor this
 test process sees it.
 
-Its build backend is a few lines in the project itself (PEP 517 ``backend-path``):
-the venv's setuptools (65.x, as Python 3.11 ships it) cannot build wheels without the
+It is built by the test backend of ``building.py`` (PEP 517 ``backend-path``): the
+venv's setuptools (65.x, as Python 3.11 ships it) cannot build wheels without the
 ``wheel`` package, which is not installed, and with ``--no-build-isolation --no-index``
 nothing may be downloaded.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,8 @@ from typing import Any
 import pytest
 
 from exnode.plugins.manager import Registry, describe, make_manager
+
+from .building import clean_env, pip_install
 
 SYNC_KINDS = ["rejection", "rows", "verify-req", "verify-res", "zero"]  # built-in sync
 DIST, VERSION = "exnode-hello", "1.2.3"
@@ -55,85 +56,10 @@ def exnode_cli_commands(cli):
         click.echo("hello from exnode-hello")
 '''
 
-BACKEND = '''\
-"""A minimal PEP 517 backend that builds this one pure-Python wheel."""
-
-import base64
-import hashlib
-import io
-import os
-import tarfile
-import zipfile
-
-NAME, VERSION, PKG = "exnode-hello", "1.2.3", "exnode_hello"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DIST_INFO = f"{PKG}-{VERSION}.dist-info"
-
-
-def _metadata():
-    return {
-        "METADATA": f"Metadata-Version: 2.1\\nName: {NAME}\\nVersion: {VERSION}\\n"
-                    "Summary: a test plugin for exnode\\n",
-        "WHEEL": "Wheel-Version: 1.0\\nGenerator: hello-backend\\nRoot-Is-Purelib: true\\n"
-                 "Tag: py3-none-any\\n",
-        "entry_points.txt": "[exnode]\\nhello = exnode_hello\\n",
-    }
-
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-
-def get_requires_for_build_sdist(config_settings=None):
-    return []
-
-
-def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
-    d = os.path.join(metadata_directory, DIST_INFO)
-    os.makedirs(d, exist_ok=True)
-    for name, text in _metadata().items():
-        with open(os.path.join(d, name), "w") as f:
-            f.write(text)
-    return DIST_INFO
-
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    files = {}
-    src = os.path.join(ROOT, PKG)
-    for name in sorted(os.listdir(src)):
-        if name.endswith(".py"):
-            with open(os.path.join(src, name), "rb") as f:
-                files[f"{PKG}/{name}"] = f.read()
-    for name, text in _metadata().items():
-        files[f"{DIST_INFO}/{name}"] = text.encode()
-    record = []
-    wheel = f"{PKG}-{VERSION}-py3-none-any.whl"
-    with zipfile.ZipFile(os.path.join(wheel_directory, wheel), "w") as z:
-        for arc, data in files.items():
-            z.writestr(arc, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-            record.append(f"{arc},sha256={digest.decode()},{len(data)}")
-        record.append(f"{DIST_INFO}/RECORD,,")
-        z.writestr(f"{DIST_INFO}/RECORD", "\\n".join(record) + "\\n")
-    return wheel
-
-
-def build_sdist(sdist_directory, config_settings=None):
-    name = f"{PKG}-{VERSION}"
-    path = os.path.join(sdist_directory, name + ".tar.gz")
-    with tarfile.open(path, "w:gz") as t:
-        t.add(ROOT, arcname=name, filter=lambda i: None if "__pycache__" in i.name else i)
-        info = tarfile.TarInfo(f"{name}/PKG-INFO")
-        data = _metadata()["METADATA"].encode()
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
-    return os.path.basename(path)
-'''
-
 PYPROJECT = '''\
 [build-system]
 requires = []
-build-backend = "hello_backend"
+build-backend = "wheel_backend"
 backend-path = ["_build"]
 
 [project]
@@ -143,14 +69,10 @@ description = "a test plugin for exnode"
 
 [project.entry-points.exnode]
 hello = "exnode_hello"
+
+[tool.setuptools]
+packages = ["exnode_hello"]
 '''
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("EXNODE_", "PIP_")) and k != "PYTHONPATH"}
-    env.update(extra)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -159,19 +81,12 @@ def site(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("plugin")
     proj = root / "exnode-hello"
     (proj / "exnode_hello").mkdir(parents=True)
-    (proj / "_build").mkdir()
     (proj / "pyproject.toml").write_text(PYPROJECT)
-    (proj / "_build" / "hello_backend.py").write_text(BACKEND)
     (proj / "exnode_hello" / "__init__.py").write_text(PLUGIN)
     target = root / "site"
     venv_before = sorted(p.name for p in Path(md.distribution("exnode").locate_file(""))
                          .iterdir())
-    r = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-         "--no-index", "--no-cache-dir", "--disable-pip-version-check", "--quiet",
-         "--target", str(target), str(proj)],
-        capture_output=True, text=True, timeout=300, env=clean_env(), cwd=root)
-    assert r.returncode == 0, r.stdout + r.stderr
+    pip_install(proj, target)
     # only the target folder got the plugin; the venv is as it was
     venv_after = sorted(p.name for p in Path(md.distribution("exnode").locate_file(""))
                         .iterdir())

@@ -19,13 +19,12 @@ from exnode.node.kernel.api import ApplyContext, ServiceAPI
 from exnode.policies.changes import Change, ChangeBatch
 from exnode.policies.conflict import decide
 
+from .capture import APPLIED_DELETE
 from .quality import Quality
 from .resources import REJECTION, ROWS, Resources, key_text
 from .tables import conflicts, freshness, notices, row_origin
 
 log = structlog.get_logger("exnode.sync")
-
-APPLIED_DELETE = b""  # row_origin.hash of a row exnode deleted (see capture.py)
 
 
 class Applier:
