@@ -37,8 +37,11 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     with a one-line ``error``."""
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPNotFound:
+        return _err(404, f"no such control route: {request.method} {request.path} (is the "
+                    "plugin that serves it loaded?)")
+    except web.HTTPException as e:
+        return _err(e.status, f"{e.reason}: {request.method} {request.path}")
     except DaemonNotRunning as e:
         return _err(503, str(e))
     except ExnodeError as e:
