@@ -22,7 +22,7 @@ from exnode.node.kernel.api import ApplyContext, KindSpec
 from exnode.node.kernel.directory import Members
 from exnode.node.kernel.outbox import Outbox
 from exnode.node.kernel.receipts import RECEIPT, Receipts
-from exnode.node.kernel.relay import Relay
+from exnode.node.kernel.relay import Relay, check_parties
 from exnode.node.kernel.state import inbox, peers, seq_in
 from exnode.node.kernel.topics import Topics
 
@@ -204,6 +204,15 @@ class Inbox:
         self.log_refusal(pkg, e, len(pkg.wire), conn)
         acks[h.src].append([h.id, "refused", str(e)[:500]])
 
+    def _authorize(self, spec: KindSpec, h: envelope.Header) -> None:
+        """Authority at the recipient, before any handler: the kind's roles, and a kind
+        the center never relays comes to a bureau only from the center."""
+        center = self.cfg.center_id
+        check_parties(spec, h.src, [self.id], center)
+        if not spec.relay and not self.is_center and h.src != center:
+            raise PackageError("not-from-center", f"'{h.kind}' packages come to a bureau "
+                               f"only from the center, not from {h.src}")
+
     def _apply(self, conn: Connection, pkg: envelope.Package, acks: Acks,
                res: BatchResult) -> None:
         h = pkg.header
@@ -211,6 +220,7 @@ class Inbox:
             spec = self.kinds.get(h.kind)
             if spec is None:
                 raise PackageError("unknown-kind", f"no handler for kind '{h.kind}'")
+            self._authorize(spec, h)
             payload = envelope.open_payload(pkg, self.suites, self.id,
                                             self.identity.enc_key, self.max_pkg)
             ctx = ApplyContext(conn, h, payload)

@@ -72,7 +72,8 @@ class Node:
                              lambda kind: kind in self.plugins.ordered, self.counters)
         self.receipts = Receipts(cfg, self.identity, suite, self.plugins.suites, self.members,
                                  self.outbox.log, self.counters)
-        relay = Relay(self.id, self.members, self.topics, self.outbox.log, self.counters)
+        relay = Relay(self.id, self.members, self.topics, self.outbox.log, self.counters,
+                      self.plugins.kinds)
         self.inbox = Inbox(cfg, self.engine, self.identity, self.plugins.suites,
                            self.plugins.kinds, self.members, self.outbox, self.receipts,
                            relay, self.topics, self.counters)

@@ -15,9 +15,10 @@ from exnode.node.base.errors import PackageError
 from exnode.node.kernel import envelope
 from exnode.node.kernel import identity as idn
 from exnode.node.kernel.directory import Members
+from exnode.node.kernel.relay import RECEIPT
 from exnode.node.kernel.state import outbox, outbox_blobs
 
-RECEIPT = "receipt"
+__all__ = ["RECEIPT", "Receipts"]
 
 
 class Receipts:

@@ -4,23 +4,47 @@ cannot open it; it logs a ``relayed`` entry per recipient."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection
 
 from exnode.node.base.errors import PackageError
 from exnode.node.kernel import envelope
+from exnode.node.kernel.api import KindSpec, Party
 from exnode.node.kernel.directory import Members
 from exnode.node.kernel.topics import Topics
+
+RECEIPT = "receipt"
+
+
+def _role(node_id: str, center_id: str) -> str:
+    return "center" if node_id == center_id else "bureau"
+
+
+def _allowed(party: Party, node_id: str, center_id: str) -> bool:
+    return party == "any" or party == _role(node_id, center_id)
+
+
+def check_parties(spec: KindSpec, src: str, rcpt: list[str], center_id: str) -> None:
+    """The sender and every recipient have the roles the kind allows (authority, the
+    second wall after identity): raises ``PackageError`` with the reason."""
+    if not _allowed(spec.senders, src, center_id):
+        raise PackageError("not-allowed", f"a {_role(src, center_id)} may not send "
+                           f"'{spec.name}' packages")
+    for r in rcpt:
+        if not _allowed(spec.recipients, r, center_id):
+            raise PackageError("not-allowed", f"'{spec.name}' packages may not go to a "
+                               f"{_role(r, center_id)} ({r})")
 
 
 class Relay:
     def __init__(self, node_id: str, members: Members, topics: Topics,
                  log: Callable[[Connection, list[dict[str, Any]]], None],
-                 counters: dict[str, int]) -> None:
+                 counters: dict[str, int], kinds: Mapping[str, KindSpec]) -> None:
         self.id = node_id
         self.members = members
+        self.kinds = kinds
         self.topics = topics
         self.log = log
         self.counters = counters
@@ -31,6 +55,14 @@ class Relay:
         h = pkg.header
         d = self.members.current
         targets = [r for r in h.rcpt if r != self.id]
+        if h.kind != RECEIPT:
+            spec = self.kinds.get(h.kind)
+            if spec is None:
+                raise PackageError("unknown-kind", f"the center relays no kind '{h.kind}'")
+            if not spec.relay:
+                raise PackageError("not-relayed", f"'{h.kind}' packages travel only between a "
+                                   "bureau and the center; the center relays none")
+            check_parties(spec, h.src, targets, self.id)
         for r in targets:
             if r in d.revoked or d.get(r) is None:
                 raise PackageError("unknown-recipient", f"'{r}' is not an approved member")

@@ -133,6 +133,9 @@ def _verify_text(rep: dict[str, Any]) -> str:
             continue
         out.append(f"  {n['node']:<16} {n['count']:>10} rows  checksum "
                    f"{n['checksum'][:16]}  {'same' if n['same'] else 'DIFFERENT'}")
+        if n.get("differences_at"):
+            out.append(f"      which keys differ: run 'exnode sync verify {rep['resource']}' "
+                       f"at {n['differences_at']}")
         d = n.get("differences") or {"counts": {}}
         out += [f"      {what.replace('_', ' ')} ({d['counts'][what]}): "
                 + ", ".join(d[what][:20]) for what in ("missing_there", "extra_there",

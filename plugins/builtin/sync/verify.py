@@ -75,20 +75,31 @@ class Verifier:
 
     def on_verify_request(self, ctx: ApplyContext) -> None:
         """Answer a verify request off the DB thread: a checksum of a large table takes
-        a while, and packages keep flowing meanwhile."""
+        a while, and packages keep flowing meanwhile.
+
+        The fields hashed are the resource's configured ones, whatever the request names
+        (a hash of one chosen field would be a dictionary oracle for it). A bureau
+        answers only the center (the kernel accepts the kind from nobody else); the
+        center gives a bureau counts and checksums but never the keys of its rows."""
         try:
             req = cbor2.loads(ctx.payload)
-            req_id, fields = str(req["req"]), [str(f) for f in req["fields"]]
+            req_id = str(req["req"])
             buckets = set(req["buckets"]) if req.get("buckets") is not None else None
+            if buckets is not None and not all(isinstance(b, int) for b in buckets):
+                raise ValueError
         except Exception:
             raise PackageError("malformed", "verify request is not readable") from None
         rid, src, api = ctx.header.res, ctx.header.src, self.api
         self.res.spec(rid)
+        if buckets is not None and api.is_center:
+            raise PackageError("not-allowed", "the center lists the keys of its copy only to "
+                               "its own operator: run 'exnode sync verify' at the center")
 
         async def answer() -> None:
             try:
+                ad = await api.db(self.res.adapter, rid)
                 res = await asyncio.get_running_loop().run_in_executor(
-                    None, self.summary, rid, fields, buckets)
+                    None, self.summary, rid, ad.fields, buckets)
             except ExnodeError as e:
                 res = {"error": str(e)}
             res["req"] = req_id
@@ -106,15 +117,14 @@ class Verifier:
         if fut is not None:
             ctx.after_commit(lambda: fut.done() or fut.set_result(res))
 
-    async def _ask(self, peer: str, rid: str, fields: list[str], buckets: list[int] | None,
+    async def _ask(self, peer: str, rid: str, buckets: list[int] | None,
                    timeout: float) -> dict[str, Any]:
-
         req_id = uuid.uuid4().hex
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._verify_waits[(req_id, peer)] = fut
         try:
             await self.api.send(peer, VERIFY_REQ, rid, cbor2.dumps(
-                {"req": req_id, "fields": fields, "buckets": buckets}))
+                {"req": req_id, "buckets": buckets}))
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             return {"error": f"no answer within {timeout:.0f} s"}
@@ -128,7 +138,7 @@ class Verifier:
         fields = ad.fields
         mine = await loop.run_in_executor(None, self.summary, rid, fields, None)
         peers = await self.api.db(self.verify_peers, rid)
-        answers = await asyncio.gather(*(self._ask(p, rid, fields, None, timeout)
+        answers = await asyncio.gather(*(self._ask(p, rid, None, timeout)
                                          for p in peers))
         report = {"resource": rid, "fields": fields,
                   "nodes": [{"node": self.api.node_id, "count": mine["count"],
@@ -142,10 +152,13 @@ class Verifier:
             same = ans["checksum"] == mine["checksum"] and ans["count"] == mine["count"]
             entry: dict[str, Any] = {"node": peer, "count": ans["count"],
                                      "checksum": ans["checksum"], "same": same}
-            if not same:
+            if not same and not self.api.is_center:
+                ok = False  # only the center's operator sees which keys differ
+                entry["differences_at"] = peer
+            elif not same:
                 ok = False
                 diff = [b for b in range(256) if ans["buckets"][b] != mine["buckets"][b]]
-                theirs = await self._ask(peer, rid, fields, diff, timeout)
+                theirs = await self._ask(peer, rid, diff, timeout)
                 ours = await loop.run_in_executor(None, self.summary, rid, fields, set(diff))
                 entry["differences"] = _key_diff(dict((k, h) for k, h in ours["keys"]),
                                                  dict((k, h) for k, h in
