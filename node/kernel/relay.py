@@ -4,6 +4,8 @@ cannot open it; it logs a ``relayed`` entry per recipient."""
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,22 +41,54 @@ def check_parties(spec: KindSpec, src: str, rcpt: list[str], center_id: str) -> 
 
 
 class Relay:
+    """Relays for one center. Repeats of a package it has relayed are dropped until the
+    gap since the last relay of it has doubled (1 s, 2 s, 4 s, ... at most 30 s): a
+    sender's own retries, which back off the same way, still get through when a relay
+    was lost, but a replay or a flood of copies is forwarded at most a few times."""
+
+    MIN_GAP_S = 1.0
+    MAX_GAP_S = 30.0
+    MAX_REMEMBERED = 200_000
+
     def __init__(self, node_id: str, members: Members, topics: Topics,
                  log: Callable[[Connection, list[dict[str, Any]]], None],
                  counters: dict[str, int], kinds: Mapping[str, KindSpec]) -> None:
         self.id = node_id
         self.members = members
         self.kinds = kinds
+        # pkg id -> (when it may be relayed again, the gap after that, its expiry)
+        self._recent: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
         self.topics = topics
         self.log = log
         self.counters = counters
 
+    def _repeat(self, h: envelope.Header) -> bool:
+        """Whether ``h`` is a repeat to drop now (and remember it either way)."""
+        now = time.monotonic()
+        while self._recent:  # forget the expired, and the oldest beyond the bound
+            _pid, (_at, _gap, expires) = next(iter(self._recent.items()))
+            if expires > now and len(self._recent) < self.MAX_REMEMBERED:
+                break
+            self._recent.popitem(last=False)
+        seen = self._recent.get(h.id)
+        if seen is not None and now < seen[0]:
+            return True
+        gap = self.MIN_GAP_S if seen is None else min(seen[1] * 2, self.MAX_GAP_S)
+        expires = now + max(0.0, h.expires / 1000 - time.time())
+        self._recent[h.id] = (now + gap, gap, expires)
+        self._recent.move_to_end(h.id)
+        return False
+
     def forward(self, conn: Connection, pkg: envelope.Package) -> list[tuple[str, bytes, str]]:
         """The publishes (topic, wire, id) that forward ``pkg`` to its other recipients;
-        raises ``PackageError`` when one of them is not an approved member."""
+        raises ``PackageError`` when one of them is not an approved member. A repeat
+        of a package relayed moments ago is dropped (no publishes, no refusal)."""
         h = pkg.header
         d = self.members.current
         targets = [r for r in h.rcpt if r != self.id]
+        if len(set(h.rcpt)) != len(h.rcpt) or len(h.rcpt) > len(d.members):
+            raise PackageError("malformed", f"{len(h.rcpt)} recipients, repeated or more than "
+                               "there are members")
         if h.kind != RECEIPT:
             spec = self.kinds.get(h.kind)
             if spec is None:
@@ -66,6 +100,9 @@ class Relay:
         for r in targets:
             if r in d.revoked or d.get(r) is None:
                 raise PackageError("unknown-recipient", f"'{r}' is not an approved member")
+        if self._repeat(h):
+            self.counters["relay_repeats_dropped"] += 1
+            return []
         self.log(conn, [{"pkg_id": h.id, "event": "relayed", "peer": f"{h.src}>{r}",
                          "resource": h.res, "kind": h.kind, "size": len(pkg.wire)}
                         for r in targets])

@@ -108,3 +108,49 @@ def test_a_bureau_gets_no_keys_from_the_center(star):
     r = star.cli("b2", "sync", "verify", "people", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
 
+
+
+def resigned(star, pkg, signer_node: str, **changes):
+    """``pkg`` with header fields changed, sealed again to its first recipient and signed
+    by ``signer_node``'s real key: what a member that breaks the rules can send."""
+    import dataclasses
+    import hashlib
+
+    from exnode.node.kernel import envelope
+
+    from ..helpers import SUITE, identity, members
+
+    h = dataclasses.replace(pkg.header, **changes)
+    raw = h.encode()
+    to = pkg.header.rcpt[0]
+    inner = SUITE.open(pkg.sealed, to, identity(star, to).enc_key, pkg.aad)
+    sealed = SUITE.seal(inner, {to: members(star)[to].enc_pub}, hashlib.sha256(raw).digest())
+    sig = SUITE.sign(identity(star, signer_node).sign_key, envelope.signed_bytes(raw, sealed))
+    return envelope.MAGIC + cbor2.dumps([raw, sealed, sig]), h.id
+
+
+def relayed(star, pkg_id):
+    return db_rows(star, "center", "SELECT count(*) FROM exchange_log WHERE pkg_id=? AND "
+                   "event='relayed'", (pkg_id,))[0][0]
+
+
+def test_repeated_recipients_are_refused_not_relayed(star):
+    pkg = craft(star, src="b1", to="b2", kind="ping", resource="",
+                payload=cbor2.dumps({"nonce": "n", "t": 1.0}))
+    wire, pkg_id = resigned(star, pkg, "b1", rcpt=["b2"] * 2000)
+    publish_package(star, star.topics.inbox("center"), wire)
+    reason = refused_with(star, "center", pkg_id)
+    assert reason.startswith("malformed") and "recipients" in reason, reason
+    assert relayed(star, pkg_id) == 0
+
+
+def test_a_replayed_package_is_not_relayed_again(star):
+    pkg = craft(star, src="b1", to="b2", resource="replayed", items=[b"once"])
+    for _ in range(5):  # a sniffer replays what it saw, at once
+        publish_package(star, star.topics.inbox("center"), pkg.wire)
+    wait_until(lambda: relayed(star, pkg.header.id) >= 1, 20, 0.2, "the first relay")
+    wait_until(lambda: star.status("center")["counters"].get("relay_repeats_dropped", 0) >= 4,
+               20, 0.2, "the repeats dropped")
+    assert relayed(star, pkg.header.id) == 1
+    assert db_rows(star, "b2", "SELECT count(*) FROM received WHERE resource='replayed'") \
+        == [(1,)]
