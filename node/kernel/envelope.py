@@ -3,13 +3,21 @@
 Wire form: ``EXN\\x01`` followed by the CBOR array ``[header, sealed, signature]``,
 where ``header`` is the canonical CBOR encoding of the header map (so the signature
 is stable) and the signature covers the header and the SHA-256 of ``sealed``.
+
+The clear header says who, to whom, what kind, which resource and when, and nothing
+about the content: the payload's length and SHA-256 travel inside the sealed part
+(``[size, sha256, zstd frame]``), where only a recipient sees them. Every header field
+is checked on decode (types, patterns, bounds; no CBOR tags), so nothing unbounded or
+unexpected reaches a log or a table, even from a package that fails authentication.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +28,18 @@ from uuid6 import uuid7
 from exnode.node.base.errors import PackageError
 
 MAGIC = b"EXN\x01"
-VERSION = 1
+VERSION = 2
 CODEC = "zstd"
+
+NODE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
+SUITE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,79}")
+MAX_RECIPIENTS = 1024
+MAX_RESOURCE = 128
+MAX_SEQ = (1 << 63) - 1
+MAX_MS = 1 << 47  # milliseconds: about the year 6429
+HEADER_KEYS = {"v", "id", "kind", "src", "rcpt", "res", "seq", "created", "expires",
+               "codec", "suite", "x"}
 
 _tls = threading.local()
 
@@ -35,7 +53,7 @@ def _zc() -> zstandard.ZstdCompressor:
 
 @dataclass
 class Header:
-    """What anyone on the path may read: who, to whom, what, and the payload's hash."""
+    """What anyone on the path may read: who, to whom, what kind, which resource, when."""
 
     id: str
     kind: str
@@ -45,8 +63,6 @@ class Header:
     seq: int
     created: int  # ms since the epoch
     expires: int  # ms since the epoch
-    phash: bytes  # SHA-256 of the plaintext payload
-    size: int  # plaintext length
     codec: str = CODEC
     suite: str = ""
     v: int = VERSION
@@ -56,32 +72,82 @@ class Header:
         return cbor2.dumps({"v": self.v, "id": self.id, "kind": self.kind, "src": self.src,
                             "rcpt": list(self.rcpt), "res": self.res, "seq": self.seq,
                             "created": self.created, "expires": self.expires,
-                            "phash": self.phash, "size": self.size, "codec": self.codec,
-                            "suite": self.suite, "x": self.extra}, canonical=True)
+                            "codec": self.codec, "suite": self.suite, "x": self.extra},
+                           canonical=True)
 
     @classmethod
     def decode(cls, raw: bytes) -> Header:
         try:
-            d = cbor2.loads(raw)
-            h = cls(id=str(d["id"]), kind=str(d["kind"]), src=str(d["src"]),
-                    rcpt=[str(r) for r in d["rcpt"]], res=str(d["res"]), seq=int(d["seq"]),
-                    created=int(d["created"]), expires=int(d["expires"]),
-                    phash=_b(d["phash"]), size=int(d["size"]), codec=str(d["codec"]),
-                    suite=str(d["suite"]), v=int(d["v"]), extra=dict(d.get("x") or {}))
+            d = cbor2.loads(raw, tag_hook=_no_tags)
         except Exception:
             raise PackageError("malformed", "header is not a valid exnode header") from None
-        if h.v != VERSION:
-            raise PackageError("unsupported-version", f"header version {h.v}")
-        if not h.rcpt:
-            raise PackageError("malformed", "header names no recipient")
+        if not isinstance(d, dict) or not set(d) <= HEADER_KEYS:
+            raise PackageError("malformed", "header is not a valid exnode header")
+        if d.get("v") != VERSION:
+            v = d.get("v")
+            raise PackageError("unsupported-version", f"header version "
+                               f"{v if isinstance(v, int) and 0 <= v < 1000 else '?'}")
+        rcpt = d.get("rcpt")
+        if not isinstance(rcpt, list) or not 0 < len(rcpt) <= MAX_RECIPIENTS:
+            raise PackageError("malformed", "header names no recipient, or too many")
+        h = cls(id=_uuid(d.get("id")), kind=_match(KIND, d.get("kind"), "kind"),
+                src=_match(NODE_ID, d.get("src"), "src"),
+                rcpt=[_match(NODE_ID, r, "recipient") for r in rcpt],
+                res=_text(d.get("res"), MAX_RESOURCE, "resource"),
+                seq=_int(d.get("seq"), MAX_SEQ, "seq"),
+                created=_int(d.get("created"), MAX_MS, "created"),
+                expires=_int(d.get("expires"), MAX_MS, "expires"),
+                codec=_text(d.get("codec"), 16, "codec"),
+                suite=_match(SUITE_ID, d.get("suite"), "suite"), v=VERSION,
+                extra=_extra(d.get("x", {})))
+        if len(set(h.rcpt)) != len(h.rcpt):
+            raise PackageError("malformed", "header names a recipient twice")
         return h
 
 
-def _b(v: object) -> bytes:
-    # bytes(n) of an int would make n zero bytes: untrusted values must already be bytes
-    if not isinstance(v, bytes):
-        raise ValueError("expected a byte string")
+def _no_tags(_decoder: Any, _tag: Any) -> Any:
+    raise ValueError("CBOR tags are not allowed in a header")
+
+
+def _bad(what: str) -> PackageError:
+    return PackageError("malformed", f"header field {what} is not valid")
+
+
+def _match(pattern: re.Pattern[str], v: object, what: str) -> str:
+    if not isinstance(v, str) or not pattern.fullmatch(v):
+        raise _bad(what)
     return v
+
+
+def _text(v: object, limit: int, what: str) -> str:
+    if not isinstance(v, str) or len(v) > limit or not v.isprintable():
+        raise _bad(what)
+    return v
+
+
+def _int(v: object, limit: int, what: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= limit:
+        raise _bad(what)
+    return v
+
+
+def _uuid(v: object) -> str:
+    try:
+        if isinstance(v, str) and len(v) == 36 and str(uuid.UUID(v)) == v:
+            return v
+    except ValueError:
+        pass
+    raise _bad("id")
+
+
+def _extra(v: object) -> dict[str, Any]:
+    """Small flags a kind may carry in the clear (``initial``): short keys, scalars."""
+    if not isinstance(v, dict) or len(v) > 8 or not all(
+            isinstance(k, str) and len(k) <= 32 and (v[k] is None or isinstance(
+                v[k], bool | int | str)) and not (isinstance(v[k], str) and len(v[k]) > 64)
+            for k in v):
+        raise _bad("x")
+    return dict(v)
 
 
 @dataclass
@@ -122,11 +188,12 @@ def build(*, suite: Any, sign_key: Any, src: str, kind: str, rcpt: dict[str, Any
     created = now_ms()
     header = Header(id=pkg_id or str(uuid7()), kind=kind, src=src, rcpt=sorted(rcpt),
                     res=resource, seq=seq, created=created, expires=created + ttl_s * 1000,
-                    phash=hashlib.sha256(payload).digest(), size=len(payload),
                     suite=suite.id, extra=extra or {})
     raw = header.encode()
     aad = hashlib.sha256(raw).digest()
-    sealed = suite.seal(_zc().compress(payload), rcpt, aad)
+    inner = cbor2.dumps([len(payload), hashlib.sha256(payload).digest(),
+                         _zc().compress(payload)])
+    sealed = suite.seal(inner, rcpt, aad)
     sig = suite.sign(sign_key, signed_bytes(raw, sealed))
     wire = MAGIC + cbor2.dumps([raw, sealed, sig])
     return Package(header, raw, sealed, sig, wire)
@@ -160,24 +227,33 @@ def verify(pkg: Package, suites: dict[str, Any], sign_pub: Any) -> None:
 
 def open_payload(pkg: Package, suites: dict[str, Any], my_id: str, enc_key: Any,
                  max_bytes: int) -> bytes:
-    """Decrypt, decompress and check the payload against the signed hash."""
+    """Decrypt, decompress and check the payload against its sealed size and hash."""
     h = pkg.header
     if my_id not in h.rcpt:
         raise PackageError("misaddressed", f"addressed to {','.join(h.rcpt)}")
     if h.codec != CODEC:
         raise PackageError("unknown-codec", h.codec)
-    if h.size > max_bytes:
-        raise PackageError("oversize", f"payload of {h.size} bytes > limit {max_bytes}")
-    compressed = suites[h.suite].open(pkg.sealed, my_id, enc_key, pkg.aad)
+    inner = suites[h.suite].open(pkg.sealed, my_id, enc_key, pkg.aad)
+    try:
+        size, phash, compressed = cbor2.loads(inner, tag_hook=_no_tags)
+        if not (isinstance(size, int) and not isinstance(size, bool) and size >= 0
+                and isinstance(phash, bytes) and len(phash) == 32
+                and isinstance(compressed, bytes)):
+            raise ValueError
+    except Exception:
+        raise PackageError("malformed", "sealed payload is not [size, sha256, data]") \
+            from None
+    if size > max_bytes:
+        raise PackageError("oversize", f"payload of {size} bytes > limit {max_bytes}")
     try:
         # zstd trusts the size a frame declares over max_output_size: check it first, so a
-        # small frame cannot make us allocate more than the signed header allows.
+        # small frame cannot make us allocate more than the sealed size allows.
         declared = zstandard.get_frame_parameters(compressed).content_size
-        if declared not in (h.size, zstandard.CONTENTSIZE_UNKNOWN):
-            raise PackageError("hash-mismatch", "payload size does not match the header")
-        payload = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=h.size)
+        if declared not in (size, zstandard.CONTENTSIZE_UNKNOWN):
+            raise PackageError("hash-mismatch", "payload size does not match its record")
+        payload = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=size)
     except zstandard.ZstdError:
         raise PackageError("malformed", "payload does not decompress") from None
-    if len(payload) != h.size or hashlib.sha256(payload).digest() != h.phash:
-        raise PackageError("hash-mismatch", "payload does not match the signed hash")
+    if len(payload) != size or hashlib.sha256(payload).digest() != phash:
+        raise PackageError("hash-mismatch", "payload does not match its sealed hash")
     return payload

@@ -8,6 +8,7 @@ import os
 import threading
 
 import aiomqtt
+import cbor2
 import zstandard
 
 from exnode.node.tools.cluster import wait_until
@@ -97,3 +98,60 @@ def test_no_plaintext_on_the_wire(make_star, own_mosquitto):
     # the center received the large package intact
     rows = star.cli("center", "log", "--json", "--resource", "bulk").stdout
     assert '"applied"' in rows
+
+
+def test_nothing_on_the_wire_confirms_a_guessed_payload(make_star, own_mosquitto, tmp_path):
+    """An observer who guesses a payload (a row, a zero-update report, a small request)
+    cannot check the guess against anything in clear: no package carries the hash or
+    the length of its plaintext outside the sealed part."""
+    import hashlib
+    import sqlite3
+
+    from exnode.node.kernel import envelope
+    from exnode.node.kernel import identity as idn
+    from exnode.plugins.builtin.crypto import DefaultSuite
+
+    dbs = {n: tmp_path / f"{n}.db" for n in ("b1", "center", "b2")}
+    for p in dbs.values():
+        with sqlite3.connect(p) as db:
+            db.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT)")
+    with sqlite3.connect(dbs["b1"]) as db:
+        db.execute("INSERT INTO people VALUES (1, '张三')")
+    res = {"database": "db", "table": "people", "key": ["id"], "owner": "b1"}
+    sniffer = Sniffer(own_mosquitto.host, own_mosquitto.port)
+    sniffer.start()
+    star = make_star(own_mosquitto, node_settings={
+        "b1": {"databases": {"db": {"url": f"sqlite:///{dbs['b1']}"}},
+               "resources": {"people": {**res, "capture": {"strategy": "snapshot",
+                                                           "schedule": {"every": "1s"}}}}},
+        "center": {"databases": {"db": {"url": f"sqlite:///{dbs['center']}"}},
+                   "resources": {"people": {**res, "subscribers": ["b2"]}}},
+        "b2": {"databases": {"db": {"url": f"sqlite:///{dbs['b2']}"}},
+               "resources": {"people": res}}})
+    star.up()
+
+    def kinds_seen() -> set[str]:
+        out = set()
+        for _t, p in list(sniffer.seen):
+            if p.startswith(envelope.MAGIC):
+                out.add(envelope.parse(p, 1 << 30).header.kind)
+        return out
+
+    wait_until(lambda: {"rows", "zero", "receipt"} <= kinds_seen(), 60, 0.5,
+               "rows, a zero-update report and receipts on the wire")
+    sniffer.stop()
+    suite = DefaultSuite()
+    keys = {n: idn.Identity(n, star.dir(n) / "keys").enc_key for n in star.nodes}
+    opened = 0
+    for _t, wire in sniffer.seen:
+        if not wire.startswith(envelope.MAGIC):
+            continue
+        pkg = envelope.parse(wire, 1 << 30)
+        me = pkg.header.rcpt[0]
+        plain = envelope.open_payload(pkg, {suite.id: suite}, me, keys[me], 1 << 30)
+        opened += 1
+        assert hashlib.sha256(plain).digest() not in wire, pkg.header.kind
+        clear = cbor2.loads(pkg.header_raw)
+        # who, to whom, what kind, which resource, when: nothing about the content
+        assert set(clear) <= envelope.HEADER_KEYS and not {"size", "phash"} & set(clear)
+    assert opened >= 3

@@ -13,6 +13,8 @@ import cbor2
 import pytest
 import zstandard
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from exnode.node.base.errors import PackageError
 from exnode.node.kernel import envelope as env
@@ -67,18 +69,26 @@ def header(**kw) -> env.Header:
     now = env.now_ms()
     h = env.Header(id="0195f3c1-7d2e-7c4b-8a8e-0123456789ab", kind="data", src=ALICE.id,
                    rcpt=[BOB.id], res="res.a", seq=1, created=now, expires=now + 60_000,
-                   phash=b"\0" * 32, size=0, suite=SUITE.id)
+                   suite=SUITE.id)
     return dataclasses.replace(h, **kw)
 
 
 def forge(h: env.Header, compressed: bytes, signer: Node = ALICE,
-          to: tuple[Node, ...] = (BOB,)) -> bytes:
+          to: tuple[Node, ...] = (BOB,), size: int = 0, phash: bytes = b"\0" * 32) -> bytes:
     """A package put together by hand and signed by ``signer``: what a member that
-    does not follow the rules can send."""
+    does not follow the rules can send. ``size`` and ``phash`` are what the sealed part
+    claims about the payload."""
     raw = h.encode()
     aad = hashlib.sha256(raw).digest()
-    sealed = SUITE.seal(compressed, {n.id: n.enc.public_key() for n in to}, aad)
+    inner = cbor2.dumps([size, phash, compressed])
+    sealed = SUITE.seal(inner, {n.id: n.enc.public_key() for n in to}, aad)
     return assemble(raw, sealed, signer)
+
+
+def claims(data: bytes, size: int | None = None) -> dict[str, object]:
+    """What the sealed part says of ``data``: its length (or ``size``) and SHA-256."""
+    return {"size": len(data) if size is None else size,
+            "phash": hashlib.sha256(data).digest()}
 
 
 def assemble(raw: bytes, sealed: bytes, signer: Node) -> bytes:
@@ -103,8 +113,9 @@ def test_round_trip(size):
     got = env.parse(pkg.wire, LIMIT)
     h = got.header
     assert (h.src, h.rcpt, h.kind, h.res, h.seq) == ("alice", ["bob"], "data", "res.a", 7)
-    assert h.size == size
-    assert h.phash == hashlib.sha256(payload).digest()
+    # nothing in the clear header tells the payload's length or hash
+    assert set(cbor2.loads(got.header_raw)) == env.HEADER_KEYS
+    assert hashlib.sha256(payload).digest() not in pkg.wire
     assert h.expires - h.created == 600_000
     assert h.suite == SUITE.id
     assert h.codec == "zstd"
@@ -117,7 +128,8 @@ def test_round_trip(size):
 
 
 def test_package_id_is_kept_and_unique():
-    assert make(b"x", pkg_id="fixed-id").header.id == "fixed-id"
+    assert make(b"x", pkg_id="0195f3c1-7d2e-7c4b-8a8e-0123456789ab").header.id \
+        == "0195f3c1-7d2e-7c4b-8a8e-0123456789ab"
     assert make(b"x").header.id != make(b"x").header.id
 
 
@@ -200,8 +212,8 @@ def test_misaddressed_package():
 
 def test_rcpt_in_header_without_a_sealed_key_is_misaddressed():
     data = b"for carol only"
-    h = header(rcpt=["bob", "carol"], size=len(data), phash=hashlib.sha256(data).digest())
-    wire = forge(h, zstd(data), to=(CAROL,))
+    h = header(rcpt=["bob", "carol"])
+    wire = forge(h, zstd(data), to=(CAROL,), **claims(data))
     assert refused(wire, me=BOB).reason == "misaddressed"
     assert receive(wire, me=CAROL) == data
 
@@ -236,34 +248,33 @@ def test_header_moved_onto_another_packages_payload():
 
 def test_validly_signed_package_with_wrong_hash_is_hash_mismatch():
     data = b"what was really sent"
-    h = header(size=len(data), phash=hashlib.sha256(b"what the header claims").digest())
-    assert refused(forge(h, zstd(data))).reason == "hash-mismatch"
+    h = header()
+    wire = forge(h, zstd(data), **claims(b"what the sealed part claims", size=len(data)))
+    assert refused(wire).reason == "hash-mismatch"
 
 
 def test_validly_signed_package_with_wrong_size_is_refused():
     data = b"0123456789" * 10
-    h = header(size=len(data) + 1, phash=hashlib.sha256(data).digest())
-    assert refused(forge(h, zstd(data, content_size=False))).reason in ("hash-mismatch",
-                                                                          "malformed")
-    h = header(size=len(data) - 1, phash=hashlib.sha256(data).digest())
-    assert refused(forge(h, zstd(data, content_size=False))).reason in ("hash-mismatch",
-                                                                          "malformed")
+    for size in (len(data) + 1, len(data) - 1):
+        wire = forge(header(), zstd(data, content_size=False), **claims(data, size=size))
+        assert refused(wire).reason in ("hash-mismatch", "malformed")
 
 
 def test_payload_that_is_not_zstd_is_malformed():
     data = b"plain text"
-    h = header(size=len(data), phash=hashlib.sha256(data).digest())
-    assert refused(forge(h, data)).reason == "malformed"
+    h = header()
+    assert refused(forge(h, data, **claims(data))).reason == "malformed"
 
 
 def test_unknown_suite_and_codec():
     data = b"abc"
-    h = header(size=3, phash=hashlib.sha256(data).digest(), suite="rot13")
+    h = header(suite="rot13")
     with pytest.raises(PackageError) as ei:
-        env.verify(env.parse(forge(h, zstd(data)), LIMIT), SUITES, ALICE.sign.public_key())
+        env.verify(env.parse(forge(h, zstd(data), **claims(data)), LIMIT), SUITES,
+                   ALICE.sign.public_key())
     assert ei.value.reason == "unknown-suite"
-    h = header(size=3, phash=hashlib.sha256(data).digest(), codec="gzip")
-    assert refused(forge(h, zstd(data))).reason == "unknown-codec"
+    h = header(codec="gzip")
+    assert refused(forge(h, zstd(data), **claims(data))).reason == "unknown-codec"
 
 
 # --- decompression bombs --------------------------------------------------------------------
@@ -271,16 +282,16 @@ def test_unknown_suite_and_codec():
 def test_bomb_without_content_size_is_bounded_by_header_size():
     # 32 MiB of zeros, compressed to a few KiB, in a package that says 16 bytes.
     bomb = zstd(b"\0" * (32 << 20), content_size=False)
-    h = header(size=16, phash=hashlib.sha256(b"\0" * 16).digest())
-    assert refused(forge(h, bomb)).reason in ("malformed", "hash-mismatch")
+    h = header()
+    assert refused(forge(h, bomb, **claims(b"\0" * 16))).reason in ("malformed", "hash-mismatch")
 
 
 def test_bomb_with_content_size_is_bounded_by_header_size():
     # The zstd frame declares its true size (32 MiB); the signed header says 16 bytes.
     bomb = zstd(b"\0" * (32 << 20))
     assert len(bomb) < 64 * 1024
-    h = header(size=16, phash=hashlib.sha256(b"\0" * 16).digest())
-    pkg = env.parse(forge(h, bomb), LIMIT)
+    h = header()
+    pkg = env.parse(forge(h, bomb, **claims(b"\0" * 16)), LIMIT)
     env.verify(pkg, SUITES, ALICE.sign.public_key())
     tracemalloc.start()
     try:
@@ -299,8 +310,8 @@ def test_bomb_declaring_a_huge_content_size_is_a_package_error():
     forged = small[:4] + b"\xe0" + (1 << 50).to_bytes(8, "little") + small[7:]
     assert zstandard.get_frame_parameters(forged).content_size == 1 << 50
     data = b"abc" * 100
-    h = header(size=len(data), phash=hashlib.sha256(data).digest())
-    pkg = env.parse(forge(h, forged), LIMIT)
+    h = header()
+    pkg = env.parse(forge(h, forged, **claims(data)), LIMIT)
     env.verify(pkg, SUITES, ALICE.sign.public_key())
     with pytest.raises(PackageError):
         env.open_payload(pkg, SUITES, "bob", BOB.enc, LIMIT)
@@ -310,6 +321,12 @@ def test_bomb_declaring_a_huge_content_size_is_a_package_error():
 
 def _raw() -> bytes:
     return header().encode()
+
+
+def _with(**fields: object) -> bytes:
+    """A package whose header map has ``fields`` set as given (past the dataclass)."""
+    d = {**cbor2.loads(_raw()), **fields}
+    return env.MAGIC + cbor2.dumps([cbor2.dumps(d, canonical=True), b"s", b"g"])
 
 
 GARBAGE = {
@@ -324,11 +341,29 @@ GARBAGE = {
     "header a list": env.MAGIC + cbor2.dumps([cbor2.dumps([1, 2]), b"", b""]),
     "header missing field": env.MAGIC + cbor2.dumps([cbor2.dumps({"v": 1, "id": "x"}),
                                                       b"", b""]),
-    "header version 2": env.MAGIC + cbor2.dumps([header(v=2).encode(), b"", b""]),
+    "header version 1": env.MAGIC + cbor2.dumps([header(v=1).encode(), b"", b""]),
     "header without recipient": env.MAGIC + cbor2.dumps([header(rcpt=[]).encode(), b"", b""]),
     "text instead of bytes": env.MAGIC + cbor2.dumps([_raw(), "sealed", "sig"]),
     # an integer where bytes belong: bytes(n) would make n zero bytes out of 5 wire bytes
     "integer instead of bytes": env.MAGIC + cbor2.dumps([_raw(), 1 << 20, 64]),
+    # every header field is checked on decode: nothing unbounded reaches a log or a table
+    "id not a uuid": _with(id="x" * 1_500_000),
+    "src not a node id": _with(src="B1; DROP TABLE"),
+    "src too long": _with(src="b" * 64),
+    "recipient twice": _with(rcpt=["bob", "bob"]),
+    "2000 recipients": _with(rcpt=[f"n{i}" for i in range(2000)]),
+    "kind not a kind": _with(kind="Rows!"),
+    "resource too long": _with(res="r" * 129),
+    "resource with a newline": _with(res="people\nforged log line"),
+    "seq beyond 63 bits": _with(seq=2 ** 70),
+    "negative seq": _with(seq=-1),
+    "seq a boolean": _with(seq=True),
+    "expiry beyond the year 6000": _with(expires=2 ** 60),
+    "suite not a suite id": _with(suite="x" * 500),
+    "extra with a nested map": _with(x={"a": {"b": 1}}),
+    "an unknown field": _with(phash=b"\0" * 32),
+    "a CBOR tag in the header": env.MAGIC + cbor2.dumps([
+        cbor2.dumps({**cbor2.loads(_raw()), "res": cbor2.CBORTag(4711, "people")}), b"", b""]),
 }
 
 
@@ -337,3 +372,35 @@ def test_garbage_is_refused_at_parse(wire):
     with pytest.raises(PackageError) as ei:
         env.parse(wire, LIMIT)
     assert ei.value.reason in ("malformed", "unsupported-version")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4096))
+def test_fuzzed_wire_bytes_raise_only_package_errors(data):
+    for wire in (data, env.MAGIC + data):
+        try:
+            env.parse(wire, LIMIT)
+        except PackageError:
+            pass
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=80) | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from([*sorted(env.HEADER_KEYS), "phash", "zz"]), _VALUES,
+                       max_size=14))
+def test_fuzzed_headers_raise_only_package_errors(fields):
+    d = {**cbor2.loads(_raw()), **fields}
+    wire = env.MAGIC + cbor2.dumps([cbor2.dumps(d), b"sealed", b"sig"])
+    try:
+        h = env.parse(wire, LIMIT).header
+    except PackageError:
+        return
+    # what decodes is bounded
+    assert len(h.id) == 36 and len(h.src) <= 63 and len(h.res) <= env.MAX_RESOURCE
+    assert 0 < len(h.rcpt) <= env.MAX_RECIPIENTS and 0 <= h.seq <= env.MAX_SEQ
