@@ -45,6 +45,62 @@ class BatchResult:
     wake_outbox: bool = False
 
 
+class RefusalMeter:
+    """Refusals before authentication, logged with bounded values only (peer ``?``, the
+    reason code, the topic it came on, and the package id only when the header decoded
+    as valid) and rate-limited: per (reason, topic), the first ``burst`` in a window go
+    to the exchange log one by one, the rest as one entry that counts them."""
+
+    def __init__(self, counters: dict[str, int], window_s: float = 10.0,
+                 burst: int = 20) -> None:
+        self.counters = counters
+        self.window_s = window_s
+        self.burst = burst
+        self._windows: dict[tuple[str, str], list[float]] = {}  # start, seen, bytes
+
+    def refused(self, conn: Connection, log_entries: Any, pkg: envelope.Package | None,
+                reason: str, topic: str, size: int) -> None:
+        self.counters["refused"] += 1
+        self.counters["refused_unauthenticated"] += 1
+        now = time.monotonic()
+        key = (reason, topic)
+        w = self._windows.get(key)
+        if w is None or now - w[0] > self.window_s:
+            self._close(conn, log_entries, key)
+            w = self._windows[key] = [now, 0, 0]
+        w[1] += 1
+        w[2] += size
+        if w[1] > self.burst:
+            return
+        if w[1] == 1 or w[1] == self.burst:
+            log.warning("package_refused", peer="?", reason=reason, topic=topic,
+                        note="before authentication" + ("; further ones this window are "
+                                                        "counted" if w[1] == self.burst
+                                                        else ""))
+        log_entries(conn, [{"pkg_id": pkg.header.id if pkg is not None else "",
+                            "event": "refused", "peer": "?", "resource": "", "kind": "",
+                            "size": size, "status": "refused",
+                            "reason": f"{reason} (before authentication, on {topic})"}])
+
+    def flush(self, conn: Connection, log_entries: Any) -> None:
+        """Close the windows that have ended (one counting entry each)."""
+        now = time.monotonic()
+        for key in [k for k, w in self._windows.items() if now - w[0] > self.window_s]:
+            self._close(conn, log_entries, key)
+
+    def _close(self, conn: Connection, log_entries: Any, key: tuple[str, str]) -> None:
+        w = self._windows.pop(key, None)
+        if w is None or w[1] <= self.burst:
+            return
+        n = int(w[1]) - self.burst
+        reason, topic = key
+        log.warning("packages_refused", peer="?", reason=reason, topic=topic, count=n)
+        log_entries(conn, [{"pkg_id": "", "event": "refused", "peer": "?", "resource": "",
+                            "kind": "", "size": int(w[2]), "status": "refused",
+                            "reason": f"{reason} x{n} more (before authentication, on "
+                                      f"{topic}, within {self.window_s:g} s)"}])
+
+
 class Inbox:
     def __init__(self, cfg: Config, engine: Engine, identity: idn.Identity,
                  suites: dict[str, Any], kinds: dict[str, KindSpec], members: Members,
@@ -64,6 +120,7 @@ class Inbox:
         self.topics = topics
         self.counters = counters
         self.max_pkg = cfg.delivery.max_package_bytes
+        self.meter = RefusalMeter(counters)
 
     def topic_for(self, dest: str) -> str:
         # Bureaus talk only to the center's inbox; the center writes each bureau's inbox.
@@ -75,31 +132,62 @@ class Inbox:
 
     # --- a batch ----------------------------------------------------------------------------
 
-    def process(self, wires: list[bytes]) -> BatchResult:
+    def process(self, items: list[tuple[bytes, str]]) -> BatchResult:
+        """A batch of packages (wire bytes and the topic each came on), each in its own
+        savepoint: whatever one package does, or fails to do, never touches another."""
         res = BatchResult()
         acks: Acks = defaultdict(list)
         with self.engine.begin() as conn:
-            for wire in wires:
-                pkg = None
-                try:
-                    pkg = envelope.parse(wire, self.max_pkg)
-                    self._authenticate(pkg)
-                    h = pkg.header
-                    self._touch_peer(conn, h.src)
-                    if self.is_center and any(r != self.id for r in h.rcpt):
-                        res.publishes += self.relay.forward(conn, pkg)
-                    if self.id in h.rcpt:
-                        self._custody(conn, pkg, acks, res)
-                    elif not self.is_center:
-                        raise PackageError("misaddressed",
-                                           f"addressed to {','.join(h.rcpt)}, not to {self.id}")
-                except PackageError as e:
-                    self.log_refusal(pkg, e, len(wire), conn)
-            for src, items in acks.items():
-                receipt = self.receipts.build(src, items)
+            self.meter.flush(conn, self.outbox.log)
+            for wire, topic in items:
+                self._one(conn, wire, topic, res, acks)
+            for src, done in acks.items():
+                receipt = self.receipts.build(src, done)
                 if receipt is not None:
                     res.publishes.append((self.topic_for(src), *receipt))
         return res
+
+    def _one(self, conn: Connection, wire: bytes, topic: str, res: BatchResult,
+             acks: Acks) -> None:
+        pkg: envelope.Package | None = None
+        authenticated = False
+        mine, my_acks = BatchResult(), defaultdict(list)
+        try:
+            with conn.begin_nested():
+                pkg = envelope.parse(wire, self.max_pkg)
+                self._authenticate(pkg)
+                authenticated = True
+                h = pkg.header
+                self._touch_peer(conn, h.src)
+                if self.is_center and any(r != self.id for r in h.rcpt):
+                    mine.publishes += self.relay.forward(conn, pkg)
+                if self.id in h.rcpt:
+                    self._custody(conn, pkg, my_acks, mine)
+                elif not self.is_center:
+                    raise PackageError("misaddressed",
+                                       f"addressed to {','.join(h.rcpt)}, not to {self.id}")
+        except PackageError as e:
+            if authenticated:
+                self.log_refusal(pkg, e, len(wire), conn)
+            else:
+                self.meter.refused(conn, self.outbox.log, pkg, e.reason, topic, len(wire))
+            return
+        except Exception as e:  # a poison input, or a bug: this package only
+            log.error("package_failed", error=type(e).__name__, authenticated=authenticated)
+            err = PackageError("malformed", f"the package could not be processed "
+                               f"({type(e).__name__})")
+            if not authenticated or pkg is None:
+                self.meter.refused(conn, self.outbox.log, pkg, err.reason, topic, len(wire))
+            elif self.id in pkg.header.rcpt and pkg.header.kind != RECEIPT:
+                self._refuse(conn, pkg, err, acks)  # acknowledged: the sender stops retrying
+            else:
+                self.log_refusal(pkg, err, len(wire), conn)
+            return
+        res.publishes += mine.publishes
+        res.after += mine.after
+        res.wake_outbox = res.wake_outbox or mine.wake_outbox
+        for src, done in my_acks.items():
+            acks[src] += done
 
     def log_refusal(self, pkg: envelope.Package | None, e: PackageError, size: int,
                     conn: Connection | None = None) -> None:

@@ -174,7 +174,7 @@ class Node:
             msgs = [await q.get()]
             while len(msgs) < 256 and not q.empty():
                 msgs.append(q.get_nowait())
-            wires: list[bytes] = []
+            wires: list[tuple[bytes, str]] = []
             for m in msgs:
                 topic = m.topic.value
                 payload = bytes(m.payload) if isinstance(m.payload, (bytes, bytearray)) else b""
@@ -186,15 +186,19 @@ class Node:
                     else:
                         wire = self._reasm.feed(payload)
                         if wire is not None:
-                            wires.append(wire)
+                            wires.append((wire, topic))
                 except PackageError as e:
-                    await self.db(self.inbox.log_refusal, None, e, len(payload))
+                    await self.db(self._refused_frame, e.reason, topic, len(payload))
                 except Exception as e:  # never let one bad message stop the node
                     log.error("message_failed", topic=topic, error=f"{type(e).__name__}: {e}")
             if wires:
                 await self._process(wires)
 
-    async def _process(self, wires: list[bytes]) -> None:
+    def _refused_frame(self, reason: str, topic: str, size: int) -> None:
+        with self.engine.begin() as conn:
+            self.inbox.meter.refused(conn, self.outbox.log, None, reason, topic, size)
+
+    async def _process(self, wires: list[tuple[bytes, str]]) -> None:
         try:
             res: BatchResult = await self.db(self.inbox.process, wires)
         except Exception as e:

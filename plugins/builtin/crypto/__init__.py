@@ -40,7 +40,12 @@ class DefaultSuite:
              aad: bytes) -> bytes:
         try:
             d = cbor2.loads(sealed)
-            wrapped, nonce, ct = d["k"][my_id], d["n"], d["c"]
+            keys = d["k"]
+            if not isinstance(keys, dict):
+                raise ValueError
+            wrapped, nonce, ct = keys[my_id], d["n"], d["c"]
+            if not all(isinstance(x, bytes) for x in (wrapped, nonce, ct)):
+                raise ValueError
         except KeyError:
             raise PackageError("misaddressed", "no content key sealed to this node") from None
         except Exception:

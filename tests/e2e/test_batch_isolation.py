@@ -1,0 +1,93 @@
+"""One bad package never costs the others: each is processed in its own savepoint, a
+poison input becomes one ``malformed`` refusal, and what arrives before authentication
+is logged with bounded values only and rate-limited."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import cbor2
+import sqlalchemy as sa
+
+from exnode.node.kernel import envelope
+from exnode.node.tools.cluster import wait_until
+
+from ..helpers import SUITE, craft, identity, members, publish_raw, refusals
+
+
+def signed(star, signer: str, header: envelope.Header, sealed: bytes) -> bytes:
+    raw = header.encode()
+    sig = SUITE.sign(identity(star, signer).sign_key, envelope.signed_bytes(raw, sealed))
+    return envelope.MAGIC + cbor2.dumps([raw, sealed, sig])
+
+
+def test_a_huge_unauthenticated_source_costs_the_batch_nothing(make_star, system_broker,
+                                                               pg_url):
+    star = make_star(system_broker, node_settings={"center": {"state": {"url": pg_url}}})
+    star.up()
+    good = [craft(star, src="b1", to="b2", resource="iso", seq=i + 1, items=[b"ok %d" % i])
+            for i in range(5)]
+    junk = dict(cbor2.loads(good[0].header_raw), src="x" * 1_000_000)
+    junk_wire = envelope.MAGIC + cbor2.dumps([cbor2.dumps(junk), b"sealed", b"sig"])
+    # the junk in the middle of one burst of real packages
+    burst = [g.wire for g in good[:2]] + [junk_wire] + [g.wire for g in good[2:]]
+    publish_raw(star.host, star.port, star.topics.inbox("center"), burst)
+    wait_until(lambda: star.status("b2")["counters"].get("applied", 0) >= 5, 30, 0.2,
+               "the real packages at b2")
+    log = (star.dir("center") / "daemon.log").read_text()
+    assert "batch_failed" not in log
+    eng = sa.create_engine(pg_url)
+    try:
+        with eng.connect() as c:
+            rows = c.exec_driver_sql("SELECT pkg_id, peer, reason FROM exchange_log WHERE "
+                                     "event='refused'").all()
+    finally:
+        eng.dispose()
+    assert rows, "the junk was not logged"
+    for pkg_id, peer, reason in rows:
+        assert peer == "?" and pkg_id == "" and len(reason) < 120, (pkg_id, peer, reason)
+    assert "x" * 100 not in log
+
+
+def test_poison_from_a_member_is_one_malformed_refusal(make_star, own_mosquitto):
+    star = make_star(own_mosquitto)
+    star.up()
+    t = star.topics
+    b2 = members(star)["b2"]
+    # a sealed part whose key table is a list, not a map (a TypeError once)
+    base = craft(star, src="b1", to="b2", resource="poison", seq=1)
+    h1 = dataclasses.replace(base.header, id="0195f3c1-7d2e-7c4b-8a8e-00000000aa01")
+    poison_seal = signed(star, "b1", h1, cbor2.dumps({"k": [1, 2], "n": b"n", "c": b"c"}))
+    # a receipt whose acks do not unpack (a ValueError once)
+    h2 = dataclasses.replace(base.header, id="0195f3c1-7d2e-7c4b-8a8e-00000000aa02",
+                             kind="receipt", res="", seq=0)
+    raw2 = h2.encode()
+    inner = cbor2.dumps([len(b := cbor2.dumps({"acks": [[1]]})), hashlib.sha256(b).digest(),
+                         envelope._zc().compress(b)])
+    sealed2 = SUITE.seal(inner, {"b2": b2.enc_pub}, hashlib.sha256(raw2).digest())
+    poison_receipt = signed(star, "b1", h2, sealed2)
+    good = craft(star, src="b1", to="b2", resource="fine", seq=1, items=[b"still here"])
+    publish_raw(star.host, star.port, t.inbox("b2"), [poison_seal, poison_receipt, good.wire])
+    wait_until(lambda: star.status("b2")["counters"].get("applied", 0) >= 1, 30, 0.2,
+               "the good package applied")
+    wait_until(lambda: {r[0] for r in refusals(star, "b2")} >= {h1.id, h2.id}, 20, 0.2,
+               "both poison packages refused")
+    reasons = {r[0]: r[2] for r in refusals(star, "b2")}
+    assert reasons[h1.id].startswith("malformed") and reasons[h2.id].startswith("malformed")
+    assert "batch_failed" not in (star.dir("b2") / "daemon.log").read_text()
+    _still = star.call("b1", "POST", "/ping", {"node": "b2", "timeout": 20})
+    assert _still["rtt_ms"] > 0
+
+
+def test_a_flood_before_authentication_is_logged_rate_limited(make_star, system_broker):
+    star = make_star(system_broker, bureaus=("b1",))
+    star.up()
+    before = star.status("center")["counters"].get("refused_unauthenticated", 0)
+    publish_raw(star.host, star.port, star.topics.inbox("center"),
+                [b"EXN\x01" + b"junk %d" % i for i in range(300)])
+    wait_until(lambda: star.status("center")["counters"].get("refused_unauthenticated", 0)
+               >= before + 300, 30, 0.2, "300 refusals counted")
+    logged = [r for r in refusals(star, "center") if r[2].startswith("malformed")]
+    assert 1 <= len(logged) <= 20, len(logged)
+    assert all(r[1] == "?" for r in logged)
