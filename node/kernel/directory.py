@@ -23,10 +23,12 @@ from exnode.node.base.config import Config
 from exnode.node.base.errors import IdentityError, PackageError
 from exnode.node.kernel import identity as idn
 from exnode.node.kernel import registry
-from exnode.node.kernel.state import members
+from exnode.node.kernel.state import members, meta
 from exnode.node.kernel.topics import Topics
 
 log = structlog.get_logger("exnode")
+
+SEEN_KEY = "gconf_seen_version"
 
 
 @dataclass
@@ -62,6 +64,10 @@ class Members:
         self.engine = engine
         self.is_center = cfg.node.role == "center"
         self.current = Directory()
+        # The highest gconf version this bureau has ever taken, kept in the state DB: an
+        # older one is refused even after the cache file is lost (no rollback to a time
+        # before a revocation).
+        self.floor = 0
 
     def load(self) -> None:
         """Center: from the registry. Bureau: from the cached global configuration."""
@@ -69,6 +75,9 @@ class Members:
             registry.ensure_self(self.engine, self.identity)
             self.from_registry()
             return
+        with self.engine.connect() as conn:
+            raw = conn.execute(select(meta.c.value).where(meta.c.key == SEEN_KEY)).scalar()
+        self.floor = int(raw.decode()) if raw else 0
         cache = self.cfg.keys_dir / idn.GCONF_CACHE
         if cache.exists():
             try:
@@ -100,6 +109,9 @@ class Members:
         if ca is None:
             raise IdentityError("no CA certificate: run 'exnode register TOKEN' first")
         g = idn.verify_gconf(blob, ca)
+        if g["version"] < self.floor:
+            raise IdentityError(f"global configuration version {g['version']} is older than "
+                                f"version {self.floor}, which this node has already taken")
         if g["version"] < self.current.version:
             return False
         d = Directory(version=int(g["version"]), expires=float(g["expires"]),
@@ -120,7 +132,18 @@ class Members:
             cert_path.write_bytes(me.cert_der)
         if save:
             idn.write_private(self.cfg.keys_dir / idn.GCONF_CACHE, blob)
+        if d.version > self.floor:
+            self.raise_floor(d.version)
         return True
+
+    def raise_floor(self, version: int) -> None:
+        """Remember ``version`` as the lowest gconf version this node may take from now."""
+        with self.engine.begin() as conn:
+            value = str(version).encode()
+            if conn.execute(meta.update().where(meta.c.key == SEEN_KEY)
+                            .values(value=value)).rowcount == 0:
+                conn.execute(meta.insert().values(key=SEEN_KEY, value=value))
+        self.floor = version
 
 
 Db = Callable[..., Awaitable[Any]]

@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.x509.oid import NameOID
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exnode.node.base.errors import IdentityError
 
@@ -243,18 +244,54 @@ def sign_gconf(ca_key: ed25519.Ed25519PrivateKey, gconf: dict[str, Any]) -> byte
     return cbor2.dumps([body, ca_key.sign(body)])
 
 
+class _GMember(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    role: str = "bureau"
+    cert: bytes
+
+
+class _GRevoked(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    serial: str = ""
+
+
+class GconfBody(BaseModel):
+    """The signed global configuration, as a typed model: a CA-signed body with wrong
+    types is refused as damaged, never half-used."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    v: int = 1
+    version: int = Field(ge=1, lt=1 << 62)
+    issued: int = 0
+    expires: int | float = 0  # none: expired
+    center: str = ""
+    broker: dict[str, Any] = Field(default_factory=dict)
+    members: list[_GMember] = Field(default_factory=list, max_length=100_000)
+    revoked: list[_GRevoked] = Field(default_factory=list, max_length=100_000)
+
+
 def verify_gconf(blob: bytes, ca_cert: x509.Certificate) -> dict[str, Any]:
-    """Check the CA's signature and expiry; return the global configuration."""
+    """Check the CA's signature, the body's types and the expiry; return the global
+    configuration."""
     try:
         body, sig = cbor2.loads(blob)
+        if not isinstance(body, bytes) or not isinstance(sig, bytes):
+            raise ValueError("not [body, signature]")
         pub = ca_cert.public_key()
         assert isinstance(pub, ed25519.Ed25519PublicKey)
         pub.verify(sig, body)
-        g = cbor2.loads(body)
+        g = GconfBody.model_validate(cbor2.loads(body)).model_dump(exclude_unset=True)
     except InvalidSignature:
         raise IdentityError("global configuration signature is invalid") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise IdentityError(f"global configuration is damaged: {where}: {err['msg']}") \
+            from None
     except Exception as e:
-        raise IdentityError(f"global configuration is damaged: {e}") from None
+        raise IdentityError(f"global configuration is damaged: {type(e).__name__}") from None
     if g.get("expires", 0) < time.time():
         raise IdentityError("global configuration has expired")
     return g

@@ -303,3 +303,18 @@ def test_damaged_gconf_is_refused(ca, blob):
     _keys, _ident, cert = ca
     with pytest.raises(IdentityError):
         idn.verify_gconf(blob, cert)
+
+
+@pytest.mark.parametrize("fields", [
+    {"version": "7"}, {"version": 0}, {"version": 2 ** 70}, {"members": {"b1": b"x"}},
+    {"members": [{"id": "B1!", "cert": b"x"}]}, {"members": [{"id": "b1", "cert": 12}]},
+    {"members": [["b1", b"x"]]}, {"revoked": [{"id": 5}]}, {"expires": "tomorrow"},
+    {"broker": ["h", 1]},
+], ids=lambda f: ",".join(f))
+def test_a_signed_gconf_with_wrong_types_is_damaged(ca, fields):
+    """The CA's signature says who wrote it, not that it is well formed: a body with
+    wrong types is refused as damaged, with one line and no other exception."""
+    _keys, ident, cert = ca
+    with pytest.raises(IdentityError, match="global configuration is damaged") as ei:
+        idn.verify_gconf(idn.sign_gconf(ident.ca_key(), gconf(**fields)), cert)
+    assert "\n" not in str(ei.value)
