@@ -100,6 +100,11 @@ class DeliverySection(_Model):
                              description="Small messages are packed into one package up to this.")
     batch_linger_ms: int = Field(20, ge=0, le=10_000,
                                  description="How long a batch waits for more messages.")
+    waiting_per_stream: int = Field(1024, ge=1, description="Packages that arrived early "
+                                    "(waiting for an earlier sequence) kept per (source, "
+                                    "resource), at most; more stay with their sender.")
+    waiting_total: int = Field(20_000, ge=1, description="Early packages kept in all, at "
+                               "most.")
 
 
 class StateSection(_Model):

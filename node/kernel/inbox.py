@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from exnode.node.base.config import Config
 from exnode.node.base.errors import Deferred, PackageError
@@ -254,10 +254,7 @@ class Inbox:
                     "stale-sequence", f"sequence {h.seq} <= {last} already applied"), acks)
                 return
             if h.seq > last + 1:
-                conn.execute(inbox.insert().values(
-                    pkg_id=h.id, src=h.src, kind=h.kind, resource=h.res, seq=h.seq,
-                    status="waiting", received_at=time.time(), reason=f"waiting for {last + 1}",
-                    blob=pkg.wire))
+                self._wait(conn, pkg, last)
                 return
         try:
             self._apply(conn, pkg, acks, res)
@@ -276,12 +273,64 @@ class Inbox:
                 return
             pkg = envelope.parse(nxt.blob, self.max_pkg)
             try:
+                # authenticated again: it may have expired, or its sender been revoked,
+                # while it waited
+                self._authenticate(pkg)
+            except PackageError as e:
+                conn.execute(inbox.delete().where(inbox.c.pkg_id == nxt.pkg_id))
+                self._refuse(conn, pkg, e, acks)
+                seq += 1
+                continue
+            try:
                 with conn.begin_nested():
                     conn.execute(inbox.delete().where(inbox.c.pkg_id == nxt.pkg_id))
                     self._apply(conn, pkg, acks, res)
             except _StopOrdered:
                 return  # still waiting, still stored
             seq += 1
+
+    def _wait(self, conn: Connection, pkg: envelope.Package, last: int) -> None:
+        """Keep a package that came before its turn, within the bounds; beyond them it is
+        left unacknowledged and its sender sends it again later."""
+        h = pkg.header
+        d = self.cfg.delivery
+        stream = conn.execute(select(func.count()).where(
+            inbox.c.status == "waiting", inbox.c.src == h.src, inbox.c.resource == h.res)) \
+            .scalar() or 0
+        total = conn.execute(select(func.count()).where(inbox.c.status == "waiting")) \
+            .scalar() or 0
+        if stream >= d.waiting_per_stream or total >= d.waiting_total:
+            self.counters["waiting_full"] += 1
+            self.outbox.log(conn, [{"pkg_id": h.id, "event": "deferred", "peer": h.src,
+                                    "resource": h.res, "kind": h.kind, "size": len(pkg.wire),
+                                    "status": "deferred",
+                                    "reason": f"waiting room full ({stream} for this stream, "
+                                              f"{total} in all); the sender sends it again"}])
+            return
+        conn.execute(inbox.insert().values(
+            pkg_id=h.id, src=h.src, kind=h.kind, resource=h.res, seq=h.seq, status="waiting",
+            received_at=time.time(), reason=f"waiting for {last + 1}", blob=pkg.wire,
+            expires=h.expires / 1000))
+
+    def expire_waiting(self) -> int:
+        """Drop waiting packages whose lifetime ended (their sender has given up on them
+        too); returns how many."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            gone = conn.execute(select(inbox.c.pkg_id, inbox.c.src, inbox.c.kind,
+                                       inbox.c.resource).where(
+                inbox.c.status == "waiting", inbox.c.expires < now).limit(10_000)).all()
+            if not gone:
+                return 0
+            conn.execute(inbox.update().where(inbox.c.pkg_id.in_([g.pkg_id for g in gone]))
+                         .values(status="expired", blob=None,
+                                 reason="expired while waiting for an earlier sequence"))
+            self.outbox.log(conn, [{"pkg_id": g.pkg_id, "event": "expired", "peer": g.src,
+                                    "resource": g.resource, "kind": g.kind, "size": 0,
+                                    "status": "expired",
+                                    "reason": "expired while waiting for an earlier sequence"}
+                                   for g in gone])
+        return len(gone)
 
     def _refuse(self, conn: Connection, pkg: envelope.Package, e: PackageError,
                 acks: Acks) -> None:

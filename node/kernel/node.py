@@ -223,6 +223,7 @@ class Node:
                 return
             try:
                 await self.db(self.outbox.expire)
+                await self.db(self.inbox.expire_waiting)
                 await self.gconf.periodic()
                 if self.is_center and time.time() - last_refresh >= refresh:
                     last_refresh = time.time()

@@ -111,6 +111,7 @@ inbox = Table(
     Column("received_at", Float, nullable=False),
     Column("reason", Text),
     Column("blob", LargeBinary),  # kept only while waiting for an earlier sequence
+    Column("expires", Float),  # a waiting package's expiry (it is dropped then)
     Index("ix_inbox_waiting", "status", "src", "resource", "seq"),
 )
 

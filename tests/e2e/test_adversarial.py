@@ -133,3 +133,32 @@ def test_revoked_member_is_refused(star):
     assert r.returncode != 0 and "not an approved member" in r.stderr
     assert "Traceback" not in r.stderr
     assert star.call("b1", "POST", "/ping", {"node": "center", "timeout": 20})["rtt_ms"] > 0
+
+
+def test_early_packages_are_bounded_and_checked_again_when_their_turn_comes(make_star,
+                                                                           own_mosquitto):
+    """Packages that come before their turn wait, but only so many per stream; one that
+    expires while it waits is refused when its turn comes, not applied."""
+    star = make_star(own_mosquitto, node_settings={"b2": {"delivery": {
+        "waiting_per_stream": 3}}})
+    star.up()
+    t = star.topics
+    # seq 2 expires in two seconds; 3..7 are fine, but only three may wait
+    short = craft(star, src="b1", to="b2", resource="early", seq=2, ttl_s=2, items=[b"2"])
+    later = [craft(star, src="b1", to="b2", resource="early", seq=s, items=[b"%d" % s])
+             for s in range(3, 8)]
+    for p in (short, *later):
+        publish_package(star, t.inbox("b2"), p.wire)
+    wait_until(lambda: star.status("b2")["counters"].get("waiting_full", 0) >= 3, 20, 0.2,
+               "the waiting room full")
+    assert db_rows(star, "b2", "SELECT seq FROM inbox WHERE status='waiting' ORDER BY seq") \
+        == [(2,), (3,), (4,)]
+    import time
+
+    time.sleep(2.5)
+    first = craft(star, src="b1", to="b2", resource="early", seq=1, items=[b"1"])
+    publish_package(star, t.inbox("b2"), first.wire)
+    _refused_with(star, "b2", short.header.id, "expired")
+    got = db_rows(star, "b2", "SELECT payload FROM received WHERE resource='early' "
+                  "ORDER BY seq")
+    assert [bytes(r[0]) for r in got] == [b"1", b"3", b"4"], got  # 2 refused, 5-7 not kept
