@@ -132,6 +132,15 @@ class PluginsSection(_Model):
                                description="Entry-point names of plugins not to load.")
 
 
+DEFAULT_SUITE = "x25519-hkdf-sha256-aes256gcm-ed25519"
+
+
+class CryptoSection(_Model):
+    suites: list[str] = Field(default_factory=lambda: [DEFAULT_SUITE], min_length=1,
+                              description="Crypto suites this node accepts packages in (an "
+                              "allow-list of registered suite ids); it sends with the first.")
+
+
 DURATION_RE = r"^\d+(\.\d+)?(ms|s|m|h|d)$"
 
 
@@ -248,6 +257,7 @@ class Config(_Model):
     gconf: GconfSection = Field(default_factory=GconfSection)
     log: LogSection = Field(default_factory=LogSection)
     plugins: PluginsSection = Field(default_factory=PluginsSection)
+    crypto: CryptoSection = Field(default_factory=CryptoSection)
     databases: dict[str, DatabaseSpec] = Field(
         default_factory=dict, description="Named database connections (business DB, shared "
         "library 共享库).")

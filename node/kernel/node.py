@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from exnode.node.base.config import Config
-from exnode.node.base.errors import IdentityError, PackageError, UsageError
+from exnode.node.base.errors import ConfigError, PackageError, UsageError
 from exnode.node.kernel import exlog
 from exnode.node.kernel import identity as idn
 from exnode.node.kernel.api import ControlRequest, KindSpec, Router
@@ -41,9 +41,6 @@ from exnode.node.kernel.transport import Transport, client_id, sleep_or_stop
 
 log = structlog.get_logger("exnode")
 
-DEFAULT_SUITE = "x25519-hkdf-sha256-aes256gcm-ed25519"
-
-
 class Node:
     """A running exnode: identity, state DB, plugins, broker connection."""
 
@@ -56,9 +53,14 @@ class Node:
         self.identity = idn.Identity(self.id, cfg.keys_dir)
         self.pm = make_manager(cfg.plugins.disable)
         self.plugins = Registry(self.pm)
-        if DEFAULT_SUITE not in self.plugins.suites:
-            raise IdentityError(f"crypto suite {DEFAULT_SUITE} is not loaded (plugin disabled?)")
-        suite = self.plugins.suites[DEFAULT_SUITE]
+        missing = [s for s in cfg.crypto.suites if s not in self.plugins.suites]
+        if missing:
+            raise ConfigError(f"{cfg.source}: crypto.suites: {', '.join(missing)} not loaded "
+                              f"(loaded: {', '.join(sorted(self.plugins.suites)) or 'none'}; "
+                              "a plugin disabled?)")
+        # Only the allowed suites open and verify packages: a header cannot pick another.
+        self.suites = {s: self.plugins.suites[s] for s in cfg.crypto.suites}
+        suite = self.suites[cfg.crypto.suites[0]]
         self.engine = open_state(cfg.state_url)
         self.topics = Topics(cfg.broker.topic_prefix)
         self.counters: dict[str, int] = defaultdict(int)
@@ -70,11 +72,11 @@ class Node:
         self.members = Members(cfg, self.identity, self.engine)
         self.outbox = Outbox(cfg, self.engine, self.identity, suite, self.members,
                              lambda kind: kind in self.plugins.ordered, self.counters)
-        self.receipts = Receipts(cfg, self.identity, suite, self.plugins.suites, self.members,
+        self.receipts = Receipts(cfg, self.identity, suite, self.suites, self.members,
                                  self.outbox.log, self.counters)
         relay = Relay(self.id, self.members, self.topics, self.outbox.log, self.counters,
                       self.plugins.kinds)
-        self.inbox = Inbox(cfg, self.engine, self.identity, self.plugins.suites,
+        self.inbox = Inbox(cfg, self.engine, self.identity, self.suites,
                            self.plugins.kinds, self.members, self.outbox, self.receipts,
                            relay, self.topics, self.counters)
         subs = [self.topics.inbox(self.id), self.topics.gconf]
