@@ -55,8 +55,23 @@ def publish_raw(host: str, port: int, topic: str, messages: list[bytes]) -> None
     asyncio.run(go())
 
 
-def publish_package(star: LocalStar, topic: str, wire: bytes, pkg_id: str = "x") -> None:
-    publish_raw(star.host, star.port, topic, list(frames(pkg_id, wire, 1_900_000)))
+def publish_package(star: LocalStar, topic: str, wire: bytes, pkg_id: str | None = None,
+                    signer: str | None = None) -> None:
+    """Publish a package as its sender would: chunked above 1,900,000 bytes, the chunk
+    claim signed by ``signer`` (default: the package's source)."""
+    if len(wire) <= 1_900_000:  # a whole package is its own frame
+        publish_raw(star.host, star.port, topic, [wire])
+        return
+    if pkg_id is None or signer is None:
+        h = envelope.parse(wire, 1 << 31).header
+        pkg_id = pkg_id or h.id
+        signer = signer or h.src
+
+    def sign(message: bytes) -> tuple[str, bytes]:
+        assert signer is not None
+        return signer, identity(star, signer).sign(message)
+
+    publish_raw(star.host, star.port, topic, list(frames(pkg_id, wire, 1_900_000, sign)))
 
 
 def db_rows(star: LocalStar, node: str, sql: str, args: tuple = ()) -> list[tuple]:

@@ -1,16 +1,23 @@
 """Transport frames: a whole package in one MQTT message, or chunks of one.
 
-A whole package (its wire bytes, which begin with ``EXN\x01``), or ``C`` + CBOR
-``[pkg_id, index, count, sha256, data]``.
-Chunks are reassembled in memory within a size and time budget, and the whole is
-checked against the hash before anyone reads it.
+A whole package travels as its wire bytes (they begin with ``EXN\\x01``). A chunk is
+``C`` + CBOR ``[pkg_id, index, count, sha256, data, by, sig]``: ``sha256`` is the hash
+of the whole package and ``sig`` is the signature of the member ``by`` that sent the
+chunks (the sender, or the center when it relays) over the package id, the count and
+that hash. Every chunk carries the claim, so chunks may come in any order; the
+reassembler checks the claim against the directory *before* it keeps a single byte,
+counts every byte it holds, keeps at most so many incomplete packages, evicts the
+oldest when it must, and expires the oldest first without scanning the others.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import cbor2
 
@@ -21,32 +28,64 @@ from exnode.node.kernel.envelope import MAGIC
 # ``EXN\x01``), so the common case copies nothing; a chunk begins with ``C``.
 WHOLE = b""
 CHUNK = b"C"
-CHUNK_OVERHEAD = 128
+CHUNK_OVERHEAD = 256
+ENTRY_OVERHEAD = 512  # what an incomplete package costs besides its data, roughly
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_NODE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+#: ``sign(message) -> (node id, signature)``: how this node signs its chunk claims.
+Signer = Callable[[bytes], tuple[str, bytes]]
+#: ``authenticate(node id, signature, message)``: raises PackageError unless ``node id``
+#: is an approved member whose key made ``signature``.
+Authenticate = Callable[[str, bytes, bytes], None]
 
 
-def frames(pkg_id: str, wire: bytes, max_message: int) -> Iterator[bytes]:
-    """Split a package into MQTT messages no larger than ``max_message`` bytes."""
+def claim_bytes(pkg_id: str, count: int, digest: bytes) -> bytes:
+    """What a chunk claim signs."""
+    return b"exnode-chunks-v1\0" + pkg_id.encode() + count.to_bytes(8, "big") + digest
+
+
+def frames(pkg_id: str, wire: bytes, max_message: int,
+           sign: Signer | None = None) -> Iterator[bytes]:
+    """Split a package into MQTT messages no larger than ``max_message`` bytes; chunks
+    need ``sign`` (a whole package is authenticated by its own signature)."""
     if len(wire) <= max_message:
         yield wire
         return
+    if sign is None:
+        raise ValueError("chunked packages need a signer")
     step = max_message - CHUNK_OVERHEAD
     count = (len(wire) + step - 1) // step
     digest = hashlib.sha256(wire).digest()
+    by, sig = sign(claim_bytes(pkg_id, count, digest))
     for i in range(count):
-        yield CHUNK + cbor2.dumps([pkg_id, i, count, digest, wire[i * step:(i + 1) * step]])
+        yield CHUNK + cbor2.dumps([pkg_id, i, count, digest, wire[i * step:(i + 1) * step],
+                                   by, sig])
+
+
+@dataclass
+class _Pending:
+    claim: tuple[int, bytes, str, bytes]  # count, digest, by, sig
+    started: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+    held: int = ENTRY_OVERHEAD
 
 
 class Reassembler:
-    """Collects chunks until a package is whole; bounded in bytes and time."""
+    """Collects authenticated chunks until a package is whole; bounded in bytes, in
+    packages and in time."""
 
-    def __init__(self, max_bytes: int, max_pending_bytes: int | None = None,
+    def __init__(self, max_bytes: int, authenticate: Authenticate,
+                 max_pending_bytes: int | None = None, max_pending_packages: int = 64,
                  timeout_s: float = 600.0) -> None:
         self.max_bytes = max_bytes
+        self.authenticate = authenticate
         self.max_pending = max_pending_bytes or 2 * max_bytes
+        self.max_packages = max_pending_packages
         self.timeout_s = timeout_s
-        self._parts: dict[str, dict[int, bytes]] = {}
-        self._meta: dict[str, tuple[int, bytes, float]] = {}
-        self._pending = 0
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self.held = 0
+        self.evicted = 0
 
     def feed(self, frame: bytes) -> bytes | None:
         """Return the package's wire bytes when complete, else None."""
@@ -54,37 +93,43 @@ class Reassembler:
             raise PackageError("malformed", "empty message")
         if frame.startswith(MAGIC):
             return frame
-        kind, body = frame[:1], frame[1:]
-        if kind != CHUNK:
+        if frame[:1] != CHUNK:
             raise PackageError("malformed", "unknown frame type")
         try:
-            pkg_id, idx, count, digest, data = cbor2.loads(body)
-            if not (isinstance(pkg_id, str) and isinstance(idx, int) and isinstance(count, int)
+            pkg_id, idx, count, digest, data, by, sig = cbor2.loads(frame[1:])
+            if not (isinstance(pkg_id, str) and _UUID.fullmatch(pkg_id)
+                    and type(idx) is int and type(count) is int
                     and isinstance(digest, bytes) and len(digest) == 32
-                    and isinstance(data, bytes)):
+                    and isinstance(data, bytes) and isinstance(by, str)
+                    and _NODE.fullmatch(by) and isinstance(sig, bytes) and len(sig) <= 128):
                 raise ValueError
         except Exception:
             raise PackageError("malformed", "chunk frame is not readable") from None
         if not (0 <= idx < count) or count > 1 + self.max_bytes // 1024:
             raise PackageError("malformed", "chunk index out of range")
         self._expire()
-        meta = self._meta.get(pkg_id)
-        if meta is None:
-            meta = self._meta[pkg_id] = (count, digest, time.monotonic())
-            self._parts[pkg_id] = {}
-        if meta[0] != count or meta[1] != digest:
-            self._drop(pkg_id)
-            raise PackageError("malformed", "chunks of one package disagree")
-        parts = self._parts[pkg_id]
-        if idx not in parts:
-            if self._pending + len(data) > self.max_pending:
+        claim = (count, digest, by, sig)
+        entry = self._pending.get(pkg_id)
+        if entry is None or entry.claim != claim:
+            # nothing is kept before the claim is authenticated
+            self.authenticate(by, sig, claim_bytes(pkg_id, count, digest))
+            if entry is not None:
                 self._drop(pkg_id)
-                raise PackageError("oversize", "too many chunked bytes pending")
-            parts[idx] = data
-            self._pending += len(data)
-        if len(parts) < count:
+                raise PackageError("malformed", "chunks of one package disagree")
+            entry = self._pending[pkg_id] = _Pending(claim, time.monotonic())
+            self.held += entry.held
+        if idx in entry.parts:
+            return None  # a duplicate (QoS 1 redelivers)
+        if entry.held + len(data) > self.max_bytes + ENTRY_OVERHEAD:
+            self._drop(pkg_id)
+            raise PackageError("oversize", f"chunks of {pkg_id} exceed {self.max_bytes} bytes")
+        self._make_room(pkg_id, len(data))
+        entry.parts[idx] = data
+        entry.held += len(data)
+        self.held += len(data)
+        if len(entry.parts) < count:
             return None
-        wire = b"".join(parts[i] for i in range(count))
+        wire = b"".join(entry.parts[i] for i in range(count))
         self._drop(pkg_id)
         if len(wire) > self.max_bytes:
             raise PackageError("oversize", f"{len(wire)} bytes > limit {self.max_bytes}")
@@ -92,12 +137,26 @@ class Reassembler:
             raise PackageError("hash-mismatch", "reassembled chunks do not match their hash")
         return wire
 
+    def _make_room(self, keep: str, more: int) -> None:
+        """Evict the oldest incomplete packages (never ``keep``) until ``more`` bytes fit
+        and no more than ``max_pending_packages`` are pending."""
+        while (self.held + more > self.max_pending or len(self._pending) > self.max_packages):
+            oldest = next((p for p in self._pending if p != keep), None)
+            if oldest is None:
+                self._drop(keep)
+                raise PackageError("oversize", "too many chunked bytes pending")
+            self._drop(oldest)
+            self.evicted += 1
+
     def _drop(self, pkg_id: str) -> None:
-        parts = self._parts.pop(pkg_id, {})
-        self._pending -= sum(len(p) for p in parts.values())
-        self._meta.pop(pkg_id, None)
+        entry = self._pending.pop(pkg_id, None)
+        if entry is not None:
+            self.held -= entry.held
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for pid in [p for p, m in self._meta.items() if now - m[2] > self.timeout_s]:
-            self._drop(pid)
+        while self._pending:  # oldest first: stop at the first that is still in time
+            pkg_id, entry = next(iter(self._pending.items()))
+            if now - entry.started <= self.timeout_s:
+                return
+            self._drop(pkg_id)

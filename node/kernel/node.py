@@ -90,7 +90,7 @@ class Node:
                                    self.topics, self._log_event)
         self.batcher = Batcher(self.send_many, cfg.delivery.batch_bytes,
                                cfg.delivery.batch_linger_ms)
-        self._reasm = Reassembler(cfg.delivery.max_package_bytes)
+        self._reasm = Reassembler(cfg.delivery.max_package_bytes, self._authenticate_chunks)
         self.api = KernelAPI(self)
 
     # --- small helpers ---------------------------------------------------------------------
@@ -171,15 +171,13 @@ class Node:
         self.outbox.wake.set()
 
     async def _receive(self) -> None:
-        q = self.transport.inbound
+        tr = self.transport
         while not self.stop.is_set():
-            msgs = [await q.get()]
-            while len(msgs) < 256 and not q.empty():
-                msgs.append(q.get_nowait())
+            msgs = [await tr.get()]
+            while len(msgs) < 256 and (m := tr.get_nowait()) is not None:
+                msgs.append(m)
             wires: list[tuple[bytes, str]] = []
-            for m in msgs:
-                topic = m.topic.value
-                payload = bytes(m.payload) if isinstance(m.payload, (bytes, bytearray)) else b""
+            for topic, payload in msgs:
                 try:
                     if topic == self.topics.gconf:
                         await self.gconf.received(payload)
@@ -195,6 +193,13 @@ class Node:
                     log.error("message_failed", topic=topic, error=f"{type(e).__name__}: {e}")
             if wires:
                 await self._process(wires)
+
+    def _authenticate_chunks(self, by: str, sig: bytes, message: bytes) -> None:
+        """A chunk claim is signed by an approved member, or nothing of it is kept."""
+        member = self.members.current.get(by)
+        if member is None:
+            raise PackageError("unknown-sender", "chunks from a node that is not a member")
+        self.outbox.suite.verify(member.sign_pub, sig, message)
 
     def _refused_frame(self, reason: str, topic: str, size: int) -> None:
         with self.engine.begin() as conn:

@@ -223,13 +223,17 @@ class Outbox:
 
     # --- publishing -----------------------------------------------------------------------
 
+    def _sign(self, message: bytes) -> tuple[str, bytes]:
+        """This node's signature of a chunk claim."""
+        return self.identity.node_id, self.identity.sign(message)
+
     async def publish(self, transport: Transport, items: list[tuple[str, bytes, str]]) \
             -> list[bool]:
         """Publish packages (``topic, wire, pkg_id``), chunked to the broker's limit."""
         limit = self.cfg.broker.max_message_bytes
         # QoS 1 publishes are written to the socket in call order, so order per topic holds.
         return list(await asyncio.gather(*(
-            transport.publish_frames(topic, list(frames(pkg_id, wire, limit)))
+            transport.publish_frames(topic, list(frames(pkg_id, wire, limit, self._sign)))
             for topic, wire, pkg_id in items)))
 
     async def pump(self, transport: Transport, topic_for: Callable[[str], str],

@@ -145,7 +145,9 @@ class Status:
             "gconf": {"version": d.version, "expires": d.expires, "valid": d.valid},
             "members": d.ids(),
             "outbox_pending": depth, "inbox_waiting": waiting,
-            "peers": prs, "counters": dict(n.counters),
+            "peers": prs, "counters": {**n.counters, "inbound_dropped": t.dropped},
+            "receiving": {"queued_bytes": t.queued, "reassembly_held_bytes": n._reasm.held,
+                          "reassembly_evicted": n._reasm.evicted},
             "last_error": t.last_error or n.gconf.last_error,
         })
         return self

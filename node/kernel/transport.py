@@ -61,13 +61,19 @@ class Transport:
 
     def __init__(self, cfg: Config, identifier: str, subscriptions: list[str],
                  on_connect: Callable[[], Awaitable[None]], max_inflight: int,
-                 queue_size: int = 10_000) -> None:
+                 queue_bytes: int = 48 << 20) -> None:
         self.cfg = cfg
         self.identifier = identifier
         self.subscriptions = subscriptions
         self.on_connect = on_connect
         self.max_inflight = max_inflight
-        self.inbound: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(maxsize=queue_size)
+        # Received and not yet taken: bounded in bytes, so that a flood (which nobody has
+        # authenticated yet) costs bounded memory. What does not fit is dropped; a
+        # sender whose package is dropped sends it again, as for any loss.
+        self.inbound: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self.queue_bytes = queue_bytes
+        self.queued = 0
+        self.dropped = 0
         self.connected = asyncio.Event()
         self.protocol = ""
         self.last_error = ""
@@ -97,6 +103,30 @@ class Transport:
         except aiomqtt.MqttError as e:
             self.last_error = f"publish failed: {e}"
             return False
+
+    def _queue(self, msg: aiomqtt.Message) -> None:
+        payload = msg.payload if isinstance(msg.payload, (bytes, bytearray)) else b""
+        if self.queued + len(payload) > self.queue_bytes:
+            self.dropped += 1
+            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                log.warning("inbound_dropped", dropped=self.dropped,
+                            reason="receive queue full")
+            return
+        self.queued += len(payload)
+        self.inbound.put_nowait((msg.topic.value, bytes(payload)))
+
+    async def get(self) -> tuple[str, bytes]:
+        """The next message received: (topic, payload)."""
+        item = await self.inbound.get()
+        self.queued -= len(item[1])
+        return item
+
+    def get_nowait(self) -> tuple[str, bytes] | None:
+        if self.inbound.empty():
+            return None
+        item = self.inbound.get_nowait()
+        self.queued -= len(item[1])
+        return item
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe and receive until ``stop`` is set; reconnect with backoff."""
@@ -146,7 +176,7 @@ class Transport:
                              protocol=self.protocol)
                     await self.on_connect()
                     async for msg in client.messages:
-                        await self.inbound.put(msg)
+                        self._queue(msg)
             except (aiomqtt.MqttError, OSError) as e:
                 was = self.connected.is_set()
                 self.connected.clear()

@@ -1,5 +1,6 @@
-"""Transport frames: whole packages or chunks, and a bounded reassembler that refuses
-anything inconsistent with a PackageError."""
+"""Transport frames: whole packages or chunks, and a bounded reassembler that keeps
+nothing of a chunk before its claim is authenticated and refuses anything inconsistent
+with a PackageError."""
 
 from __future__ import annotations
 
@@ -8,20 +9,58 @@ import random
 
 import cbor2
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from exnode.node.base.errors import PackageError
 from exnode.node.kernel.envelope import MAGIC
-from exnode.node.kernel.framing import CHUNK, WHOLE, Reassembler, frames
+from exnode.node.kernel.framing import CHUNK, ENTRY_OVERHEAD, WHOLE, Reassembler, claim_bytes
+from exnode.node.kernel.framing import frames as _frames
 
 PKG_ID = "0195f3c1-7d2e-7c4b-8a8e-0123456789ab"  # a uuid7, like every package id
+KEYS = {"alice": ed25519.Ed25519PrivateKey.generate(),
+        "mallory": ed25519.Ed25519PrivateKey.generate()}
+MEMBERS = {"alice"}  # mallory has a key, but is not a member
 
 
 def rand(n: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-def chunk(pkg_id: str, idx, count, digest, data) -> bytes:
-    return CHUNK + cbor2.dumps([pkg_id, idx, count, digest, data])
+def pid(n: int) -> str:
+    """The n-th package id (the reassembler takes only uuid-shaped ids)."""
+    return f"0195f3c1-7d2e-7c4b-8a8e-{n:012x}"
+
+
+def signer(node: str = "alice"):  # type: ignore[no-untyped-def]
+    return lambda message: (node, KEYS[node].sign(message))
+
+
+def authenticate(by: str, sig: bytes, message: bytes) -> None:
+    """What a node does: the claim must be signed by an approved member."""
+    if by not in MEMBERS:
+        raise PackageError("unknown-sender", by)
+    try:
+        KEYS[by].public_key().verify(sig, message)
+    except InvalidSignature:
+        raise PackageError("bad-signature", "chunk claim") from None
+
+
+def frames(pkg_id: str, wire: bytes, max_message: int, node: str = "alice") -> list[bytes]:
+    return list(_frames(pkg_id, wire, max_message, signer(node)))
+
+
+def Reassembler_(max_bytes: int, **kw) -> Reassembler:
+    return Reassembler(max_bytes, authenticate, **kw)
+
+
+def chunk(pkg_id: str, idx, count, digest, data, node: str = "alice") -> bytes:
+    """A chunk whose claim ``node`` signed (when the fields let it be signed)."""
+    try:
+        sig = KEYS[node].sign(claim_bytes(pkg_id, count, digest))
+    except Exception:
+        sig = b"\0" * 64
+    return CHUNK + cbor2.dumps([pkg_id, idx, count, digest, data, node, sig])
 
 
 def feed_all(r: Reassembler, fs: list[bytes]) -> list[bytes | None]:
@@ -38,13 +77,13 @@ def refused(r: Reassembler, frame: bytes) -> PackageError:
 
 def test_small_package_is_one_whole_frame():
     wire = rand(1000)
-    assert list(frames(PKG_ID, wire, 4096)) == [WHOLE + wire]
+    assert (frames(PKG_ID, wire, 4096)) == [WHOLE + wire]
 
 
 def test_whole_frame_boundary():
     wire = rand(4096)  # a whole package may fill the message exactly: it has no prefix
-    assert list(frames(PKG_ID, wire, 4096)) == [WHOLE + wire]
-    fs = list(frames(PKG_ID, rand(4097), 4096))
+    assert (frames(PKG_ID, wire, 4096)) == [WHOLE + wire]
+    fs = (frames(PKG_ID, rand(4097), 4096))
     assert len(fs) == 2
     assert all(f.startswith(CHUNK) and len(f) <= 4096 for f in fs)
 
@@ -55,7 +94,7 @@ def test_whole_frame_boundary():
 ])
 def test_frames_split_large_packages_within_the_limit(size, max_message):
     wire = rand(size, seed=size)
-    fs = list(frames(PKG_ID, wire, max_message))
+    fs = (frames(PKG_ID, wire, max_message))
     assert len(fs) > 1
     assert all(f.startswith(CHUNK) for f in fs)
     assert max(len(f) for f in fs) <= max_message
@@ -65,12 +104,13 @@ def test_frames_split_large_packages_within_the_limit(size, max_message):
     assert {p[0] for p in parts} == {PKG_ID}
     assert {bytes(p[3]) for p in parts} == {hashlib.sha256(wire).digest()}
     assert b"".join(p[4] for p in parts) == wire
+    assert {p[5] for p in parts} == {"alice"} and len({p[6] for p in parts}) == 1
 
 
 # --- reassembly ------------------------------------------------------------------------------
 
 def test_whole_frame_passes_through():
-    r = Reassembler(1 << 20)
+    r = Reassembler_(1 << 20)
     wire = MAGIC + rand(100)  # a whole package is its own frame: it starts with the magic
     assert r.feed(WHOLE + wire) == wire
 
@@ -78,9 +118,9 @@ def test_whole_frame_passes_through():
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_out_of_order_chunks_reassemble(seed):
     wire = rand(200_000, seed=seed)
-    fs = list(frames(PKG_ID, wire, 4096))
+    fs = (frames(PKG_ID, wire, 4096))
     random.Random(seed).shuffle(fs)
-    r = Reassembler(1 << 20)
+    r = Reassembler_(1 << 20)
     out = feed_all(r, fs)
     assert out[:-1] == [None] * (len(fs) - 1)
     assert out[-1] == wire
@@ -88,20 +128,20 @@ def test_out_of_order_chunks_reassemble(seed):
 
 def test_interleaved_packages_reassemble():
     a, b = rand(50_000, seed=10), rand(70_000, seed=11)
-    fa = list(frames("aaaa", a, 4096))
-    fb = list(frames("bbbb", b, 4096))
+    fa = (frames(pid(0xA), a, 4096))
+    fb = (frames(pid(0xB), b, 4096))
     mixed = [f for pair in zip(fa, fb, strict=False) for f in pair] + fb[len(fa):]
-    r = Reassembler(1 << 20)
+    r = Reassembler_(1 << 20)
     done = [w for w in feed_all(r, mixed) if w is not None]
     assert done == [a, b]
 
 
 def test_duplicate_chunks_are_ignored():
     wire = rand(30_000, seed=5)
-    fs = list(frames(PKG_ID, wire, 4096))
+    fs = (frames(PKG_ID, wire, 4096))
     # every chunk but the last arrives twice (MQTT QoS 1 redelivers); the pending
-    # budget is exactly one copy, so counting a duplicate would overflow it
-    r = Reassembler(len(wire), max_pending_bytes=len(wire))
+    # budget is exactly one copy (and the entry), so counting a duplicate would overflow
+    r = Reassembler_(len(wire), max_pending_bytes=len(wire) + ENTRY_OVERHEAD)
     seq = [f for f in fs[:-1] for _ in range(2)] + [fs[-1]]
     out = feed_all(r, seq)
     assert out[:-1] == [None] * (len(seq) - 1)
@@ -110,20 +150,20 @@ def test_duplicate_chunks_are_ignored():
 
 def test_pending_budget_is_released_after_completion():
     wire = rand(30_000, seed=6)
-    r = Reassembler(len(wire), max_pending_bytes=len(wire))
+    r = Reassembler_(len(wire), max_pending_bytes=len(wire) + ENTRY_OVERHEAD)
     for n in range(3):
-        fs = list(frames(f"pkg-{n}", wire, 4096))
+        fs = (frames(pid(n), wire, 4096))
         assert feed_all(r, fs)[-1] == wire
 
 
 def test_corrupted_chunk_is_hash_mismatch():
     wire = rand(20_000, seed=7)
-    fs = list(frames(PKG_ID, wire, 4096))
-    pid, idx, count, digest, data = cbor2.loads(fs[2][1:])
+    fs = (frames(PKG_ID, wire, 4096))
+    p, idx, count, digest, data, _by, _sig = cbor2.loads(fs[2][1:])
     data = bytearray(data)
     data[100] ^= 0x01
-    fs[2] = chunk(pid, idx, count, digest, bytes(data))
-    r = Reassembler(1 << 20)
+    fs[2] = chunk(p, idx, count, digest, bytes(data))
+    r = Reassembler_(1 << 20)
     for f in fs[:-1]:
         assert r.feed(f) is None
     assert refused(r, fs[-1]).reason == "hash-mismatch"
@@ -131,10 +171,10 @@ def test_corrupted_chunk_is_hash_mismatch():
 
 def test_lost_and_replaced_chunk_data_of_other_length_is_hash_mismatch():
     wire = rand(20_000, seed=8)
-    fs = list(frames(PKG_ID, wire, 4096))
-    pid, idx, count, digest, data = cbor2.loads(fs[0][1:])
-    fs[0] = chunk(pid, idx, count, digest, data[:-1])
-    r = Reassembler(1 << 20)
+    fs = (frames(PKG_ID, wire, 4096))
+    p, idx, count, digest, data, _by, _sig = cbor2.loads(fs[0][1:])
+    fs[0] = chunk(p, idx, count, digest, data[:-1])
+    r = Reassembler_(1 << 20)
     with pytest.raises(PackageError) as ei:
         feed_all(r, fs)
     assert ei.value.reason == "hash-mismatch"
@@ -142,56 +182,91 @@ def test_lost_and_replaced_chunk_data_of_other_length_is_hash_mismatch():
 
 def test_chunks_that_disagree_on_count_or_hash_are_refused():
     wire = rand(20_000, seed=9)
-    fs = list(frames(PKG_ID, wire, 4096))
-    pid, _idx, count, digest, data = cbor2.loads(fs[1][1:])
-    r = Reassembler(1 << 20)
+    fs = (frames(PKG_ID, wire, 4096))
+    p, _idx, count, digest, data, _by, _sig = cbor2.loads(fs[1][1:])
+    r = Reassembler_(1 << 20)
     assert r.feed(fs[0]) is None
-    assert refused(r, chunk(pid, 1, count + 1, digest, data)).reason == "malformed"
-    r = Reassembler(1 << 20)
+    assert refused(r, chunk(p, 1, count + 1, digest, data)).reason == "malformed"
+    r = Reassembler_(1 << 20)
     assert r.feed(fs[0]) is None
     other = hashlib.sha256(b"another package").digest()
-    assert refused(r, chunk(pid, 1, count, other, data)).reason == "malformed"
+    assert refused(r, chunk(p, 1, count, other, data)).reason == "malformed"
 
 
 def test_after_a_disagreement_the_package_starts_over():
     wire = rand(20_000, seed=12)
-    fs = list(frames(PKG_ID, wire, 4096))
-    pid, _idx, count, digest, data = cbor2.loads(fs[1][1:])
-    r = Reassembler(1 << 20)
+    fs = (frames(PKG_ID, wire, 4096))
+    p, _idx, count, digest, data, _by, _sig = cbor2.loads(fs[1][1:])
+    r = Reassembler_(1 << 20)
     r.feed(fs[0])
     with pytest.raises(PackageError):
-        r.feed(chunk(pid, 1, count + 1, digest, data))
+        r.feed(chunk(p, 1, count + 1, digest, data))
     assert feed_all(r, fs)[-1] == wire
 
 
 def test_reassembled_package_over_the_limit_is_oversize():
     limit = 10_000
     wire = rand(limit + 1, seed=13)
-    fs = list(frames(PKG_ID, wire, 4096))
-    r = Reassembler(limit)
+    fs = (frames(PKG_ID, wire, 4096))
+    r = Reassembler_(limit)
     with pytest.raises(PackageError) as ei:
         feed_all(r, fs)
     assert ei.value.reason == "oversize"
     # exactly at the limit is fine
-    fs = list(frames(PKG_ID, wire[:limit], 4096))
-    assert feed_all(Reassembler(limit), fs)[-1] == wire[:limit]
+    fs = (frames(PKG_ID, wire[:limit], 4096))
+    assert feed_all(Reassembler_(limit), fs)[-1] == wire[:limit]
 
 
-def test_too_many_pending_bytes_is_oversize():
-    r = Reassembler(20_000, max_pending_bytes=30_000)
-    # many packages, each only partly sent, fill the budget
-    refusals = []
+def test_a_full_budget_evicts_the_oldest_incomplete_package():
+    r = Reassembler_(20_000, max_pending_bytes=30_000)
+    # many packages, each only partly sent, fill the budget: the newest stay, the oldest
+    # go, and what is held never exceeds the budget
+    firsts = []
     for n in range(20):
-        fs = list(frames(f"p{n}", rand(20_000, seed=n), 4096))
-        try:
-            r.feed(fs[0])
-        except PackageError as e:
-            refusals.append(e.reason)
-    assert refusals and set(refusals) == {"oversize"}
+        fs = frames(pid(n), rand(20_000, seed=n), 4096)
+        firsts.append(fs)
+        assert r.feed(fs[0]) is None
+        assert r.held <= 30_000
+    assert r.evicted > 0
+    # the newest one still completes
+    assert feed_all(r, firsts[-1][1:])[-1] == rand(20_000, seed=19)
+
+
+def test_at_most_so_many_packages_are_pending():
+    r = Reassembler_(1 << 20, max_pending_packages=4)
+    for n in range(10):
+        assert r.feed(frames(pid(n), rand(10_000, seed=n), 4096)[0]) is None
+    assert len(r._pending) <= 4 + 1 and r.evicted >= 5
+
+
+def test_nothing_is_kept_before_the_claim_is_authenticated():
+    r = Reassembler_(1 << 20)
+    wire = rand(50_000, seed=3)
+    for f in frames(PKG_ID, wire, 4096, node="mallory"):  # not a member
+        assert refused(r, f).reason == "unknown-sender"
+    assert r.held == 0
+    # a member's claim with another's signature is refused too, and keeps nothing
+    fs = frames(PKG_ID, wire, 4096)
+    p, idx, count, digest, data, _by, _sig = cbor2.loads(fs[0][1:])
+    forged = CHUNK + cbor2.dumps([p, idx, count, digest, data, "alice",
+                                  KEYS["mallory"].sign(claim_bytes(p, count, digest))])
+    assert refused(r, forged).reason == "bad-signature"
+    assert r.held == 0
+    # a forged chunk does not spoil a real package being reassembled
+    assert r.feed(fs[0]) is None
+    assert refused(r, forged).reason == "bad-signature"
+    assert feed_all(r, fs[1:])[-1] == wire
+
+
+def test_expiry_drops_the_oldest_first():
+    r = Reassembler_(1 << 20, timeout_s=0.0)
+    assert r.feed(frames(pid(1), rand(10_000), 4096)[0]) is None
+    assert r.feed(frames(pid(2), rand(10_000, seed=2), 4096)[0]) is None
+    assert list(r._pending) == [pid(2)] and r.held < 10_000
 
 
 def test_more_chunks_than_the_size_limit_allows_is_refused():
-    r = Reassembler(10 * 1024)
+    r = Reassembler_(10 * 1024)
     d = hashlib.sha256(b"x").digest()
     assert refused(r, chunk(PKG_ID, 0, 1000, d, b"x")).reason == "malformed"
 
@@ -199,12 +274,15 @@ def test_more_chunks_than_the_size_limit_allows_is_refused():
 D = hashlib.sha256(b"x").digest()
 GARBAGE = {
     "empty": b"",
-    "unknown type": b"Z" + cbor2.dumps([PKG_ID, 0, 2, D, b"x"]),
+    "unknown type": b"Z" + cbor2.dumps([PKG_ID, 0, 2, D, b"x", "alice", b"s"]),
     "chunk without body": CHUNK,
     "chunk not cbor": CHUNK + b"\xff\xfe",
     "chunk a map": CHUNK + cbor2.dumps({"id": PKG_ID}),
-    "chunk too short": CHUNK + cbor2.dumps([PKG_ID, 0, 2, D]),
-    "chunk too long": CHUNK + cbor2.dumps([PKG_ID, 0, 2, D, b"x", b"y"]),
+    "chunk too short": CHUNK + cbor2.dumps([PKG_ID, 0, 2, D, b"x", "alice"]),
+    "chunk too long": CHUNK + cbor2.dumps([PKG_ID, 0, 2, D, b"x", "alice", b"s", b"y"]),
+    "id not a uuid": chunk("x" * 1_500_000, 0, 2, D, b"x"),
+    "sender not a node id": CHUNK + cbor2.dumps([PKG_ID, 0, 2, D, b"x", "A" * 100, b"s"]),
+    "signature huge": CHUNK + cbor2.dumps([PKG_ID, 0, 2, D, b"x", "alice", b"s" * 1000]),
     "index negative": chunk(PKG_ID, -1, 2, D, b"x"),
     "index = count": chunk(PKG_ID, 2, 2, D, b"x"),
     "count zero": chunk(PKG_ID, 0, 0, D, b"x"),
@@ -219,5 +297,5 @@ GARBAGE = {
 
 @pytest.mark.parametrize("frame", list(GARBAGE.values()), ids=list(GARBAGE))
 def test_garbage_frames_are_refused(frame):
-    r = Reassembler(1 << 20)
+    r = Reassembler_(1 << 20)
     assert refused(r, frame).reason == "malformed"
