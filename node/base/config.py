@@ -358,6 +358,9 @@ def _load_with_lines(text: str, name: str) -> tuple[Any, dict[tuple, int]]:
             if isinstance(node, yaml.MappingNode):
                 seen: set[Any] = set()
                 for k, v in node.value:
+                    if not isinstance(k, yaml.ScalarNode):
+                        raise ConfigError(f"{name}:{k.start_mark.line + 1}: a setting's "
+                                          "name must be plain text, not a list or a map")
                     key = k.value
                     if key in seen:
                         raise ConfigError(f"{name}:{k.start_mark.line + 1}: "
@@ -383,8 +386,9 @@ def parse_config(text: str, source: str = "<memory>") -> Config:
     except yaml.MarkedYAMLError as e:
         line = (e.problem_mark.line + 1) if e.problem_mark else 1
         raise ConfigError(f"{source}:{line}: invalid YAML: {e.problem}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}:1: invalid YAML: {e}") from None
+    except yaml.YAMLError as e:  # e.g. a reader error: a character YAML does not allow
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{source}:1: invalid YAML: {first}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: the file must be a YAML mapping with a 'node' section")
     try:

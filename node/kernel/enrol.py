@@ -36,10 +36,10 @@ def register_with_token(cfg: Config, cfg_path: Path, token: str,
     reply = asyncio.run(_exchange(cfg, tok, cbor2.dumps(req), timeout))
     try:
         outer = cbor2.loads(reply)
-        if "refused" in outer:
-            raise IdentityError(f"the center refused the enrolment: {outer['refused']}")
-        body = bytes(outer["body"])
-        if not hmac.compare_digest(idn.enrol_mac(tok["secret"], body), bytes(outer["mac"])):
+        body, mac = outer["body"], outer["mac"]
+        if not isinstance(body, bytes) or not isinstance(mac, bytes):
+            raise ValueError
+        if not hmac.compare_digest(idn.enrol_mac(tok["secret"], body), mac):
             raise IdentityError("the answer to enrolment failed authentication")
         ans = cbor2.loads(body)
         ca = x509.load_pem_x509_certificate(bytes(ans["ca"]))
@@ -70,6 +70,7 @@ async def _exchange(cfg: Config, tok: dict[str, Any], request: bytes, timeout: f
     b = cfg.broker
     topics = Topics(tok["prefix"])
     password, tls = broker_credentials(cfg)
+    refused = ""
     try:
         async with aiomqtt.Client(tok["host"], tok["port"], username=b.username,
                                   password=password, tls_context=tls,
@@ -86,17 +87,37 @@ async def _exchange(cfg: Config, tok: dict[str, Any], request: bytes, timeout: f
                         async with asyncio.timeout(min(attempt_every,
                                                        deadline - time.monotonic())):
                             async for msg in client.messages:
-                                if msg.topic.value == topics.enrol_reply(cfg.node.id):
-                                    return bytes(msg.payload)  # type: ignore[arg-type]
+                                if msg.topic.value != topics.enrol_reply(cfg.node.id):
+                                    continue
+                                payload = bytes(msg.payload)  # type: ignore[arg-type]
+                                why = _refusal(payload)
+                                if why is None:
+                                    return payload
+                                # Unauthenticated (anyone could have sent it): a hint,
+                                # not the answer. Wait on for an authenticated one.
+                                refused = why
                     except TimeoutError:
                         if time.monotonic() >= deadline:
                             raise
     except TimeoutError:
+        if refused:
+            raise ExnodeError(f"the center refused the enrolment: {refused}") from None
         raise ExnodeError(f"no answer from center '{tok['center_id']}' within {timeout:.0f} s "
                           "(is its daemon running? was the token already used?)") from None
     except aiomqtt.MqttError as e:
         raise ExnodeError(f"cannot reach the broker at {tok['host']}:{tok['port']}: {e}") \
             from None
+
+
+def _refusal(payload: bytes) -> str | None:
+    """The reason of an (unauthenticated) refusal, bounded; None for anything else."""
+    try:
+        d = cbor2.loads(payload)
+    except Exception:
+        return None
+    if isinstance(d, dict) and "refused" in d and "body" not in d:
+        return "".join(c for c in str(d["refused"])[:200] if c.isprintable())
+    return None
 
 
 def update_config_file(path: Path, values: dict[tuple[str, str], Any]) -> None:

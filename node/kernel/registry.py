@@ -69,15 +69,22 @@ def handle_enrol(engine: Engine, ident: idn.Identity,
                  req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     """Check an enrolment request against its invitation. Returns (reply, secret)."""
     node_id = str(req.get("id", ""))
+    for name, size in (("sign_pub", 32), ("enc_pub", 32), ("mac", 32)):
+        v = req.get(name)
+        # exact lengths: bytes(n) of an integer would allocate n bytes
+        if not isinstance(v, bytes) or len(v) != size:
+            raise IdentityError(f"enrolment request: '{name}' must be {size} bytes")
+    if not isinstance(req.get("ts"), int | float) or isinstance(req.get("ts"), bool):
+        raise IdentityError("enrolment request: 'ts' must be a number")
     with engine.begin() as conn:
         inv = conn.execute(select(invites).where(invites.c.node_id == node_id)).mappings().first()
         if inv is None or inv["expires"] < time.time():
             raise IdentityError(f"no valid invitation for '{node_id}'")
         secret = bytes(inv["secret"])
         mac = idn.enrol_mac(secret, enrol_body(req))
-        if not hmac.compare_digest(mac, bytes(req.get("mac", b""))):
+        if not hmac.compare_digest(mac, req["mac"]):
             raise IdentityError(f"enrolment of '{node_id}' failed authentication")
-        sign_pub, enc_pub = bytes(req["sign_pub"]), bytes(req["enc_pub"])
+        sign_pub, enc_pub = req["sign_pub"], req["enc_pub"]
         existing = conn.execute(select(members).where(members.c.id == node_id)).mappings().first()
         if existing is not None and (existing["sign_pub"] != sign_pub
                                      or existing["enc_pub"] != enc_pub):

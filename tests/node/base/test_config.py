@@ -113,6 +113,8 @@ def test_relative_data_dir_is_relative_to_the_file(tmp_path):
 
 BAD = [
     ("unknown key", BASE + "broker:\n  host: mq\n  hots: mq2\n", 7, "broker.hots: unknown setting"),
+    ("a list as a key", BASE + "? [a, b]\n: 1\n", 5, "must be plain text"),
+    ("a map as a key", BASE + "broker:\n  {host: 1}: mq\n", 6, "must be plain text"),
     ("unknown section", BASE + "\nbrokers:\n  host: mq\n", 6, "brokers: unknown setting"),
     ("unknown nested key", BASE + "broker:\n  tls:\n    ca: ca.pem\n    verify: no\n", 8,
      "broker.tls.verify: unknown setting"),

@@ -15,9 +15,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from exnode.node.base.errors import IdentityError
 from exnode.node.kernel import identity as idn
+
+from ...fuzz_values import VALUES
 
 
 def mode(p: Path) -> int:
@@ -318,3 +322,16 @@ def test_a_signed_gconf_with_wrong_types_is_damaged(ca, fields):
     with pytest.raises(IdentityError, match="global configuration is damaged") as ei:
         idn.verify_gconf(idn.sign_gconf(ident.ca_key(), gconf(**fields)), cert)
     assert "\n" not in str(ei.value)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[
+    HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["v", "version", "issued", "expires", "center",
+                                        "broker", "members", "revoked", "x"]), VALUES,
+                       max_size=8))
+def test_fuzzed_signed_gconf_bodies_raise_only_identity_errors(ca, fields):
+    _keys, ident, cert = ca
+    try:
+        idn.verify_gconf(idn.sign_gconf(ident.ca_key(), gconf(**fields)), cert)
+    except IdentityError as e:
+        assert "\n" not in str(e)
