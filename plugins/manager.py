@@ -101,6 +101,7 @@ class Registry:
         self.pm = pm
         self.suites: dict[str, Any] = {}
         self.kinds: dict[str, KindSpec] = {}
+        self.ordered: set[str] = set()  # kinds applied in sequence order
         self.adapters: dict[str, Callable[..., Any]] = {}
         self.rules: list[tuple[str, Any]] = []
         self.tables: dict[str, StateTables] = {}
@@ -112,10 +113,6 @@ class Registry:
         pm.hook.exnode_quality_rules(register=lambda name, f: self.rules.append((name, f)))
         add_tables = _once("state-table set", self.tables)
         pm.hook.exnode_state_tables(register=lambda t: add_tables(t.name, t))
-
-    @property
-    def ordered(self) -> set[str]:
-        return {k for k, spec in self.kinds.items() if spec.ordered}
 
     def collect_kinds(self, spec_type: type[KindSpec]) -> None:
         """Call ``exnode_package_kinds`` (after the services have been registered).
@@ -130,6 +127,7 @@ class Registry:
             add(spec.name, spec)
 
         self.pm.hook.exnode_package_kinds(register=register)
+        self.ordered = {k for k, spec in self.kinds.items() if spec.ordered}
 
     def quality_registry(self) -> Any:
         """The built-in rule types and cleaning steps plus the plugins'."""

@@ -20,6 +20,28 @@ from exnode.plugins.builtin.crypto import DefaultSuite
 SUITE = DefaultSuite()
 
 
+def init_bureau(where: Path, node_id: str = "b1", **sections: Any) -> Path:
+    """A bureau's config and keys, made by ``exnode init``, with ``sections`` (top-level
+    settings) written into its YAML file. Returns the config file's path."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXNODE_")}
+    r = subprocess.run([sys.executable, "-m", "exnode.node", "init", "--role", "bureau",
+                        "--id", node_id, "--dir", str(where)], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    path = where / "exnode.yaml"
+    if sections:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+        cfg.update(sections)
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
 def members(star: LocalStar, node: str = "b1") -> dict[str, idn.Member]:
     """The approved members as ``node`` knows them (from its cached global config)."""
     keys = star.dir(node) / "keys"

@@ -168,7 +168,7 @@ class Inbox:
                                        f"addressed to {','.join(h.rcpt)}, not to {self.id}")
         except PackageError as e:
             if authenticated:
-                self.log_refusal(pkg, e, len(wire), conn)
+                self.log_refusal(conn, pkg, e)
             else:
                 self.meter.refused(conn, self.outbox.log, pkg, e.reason, topic, len(wire))
             return
@@ -181,7 +181,7 @@ class Inbox:
             elif self.id in pkg.header.rcpt and pkg.header.kind != RECEIPT:
                 self._refuse(conn, pkg, err, acks)  # acknowledged: the sender stops retrying
             else:
-                self.log_refusal(pkg, err, len(wire), conn)
+                self.log_refusal(conn, pkg, err)
             return
         res.publishes += mine.publishes
         res.after += mine.after
@@ -189,21 +189,14 @@ class Inbox:
         for src, done in my_acks.items():
             acks[src] += done
 
-    def log_refusal(self, pkg: envelope.Package | None, e: PackageError, size: int,
-                    conn: Connection | None = None) -> None:
-        h = pkg.header if pkg is not None else None
-        entry = {"pkg_id": h.id if h else "", "event": "refused",
-                 "peer": h.src if h else "?", "resource": h.res if h else "",
-                 "kind": h.kind if h else "", "size": size, "status": "refused",
-                 "reason": str(e)[:500]}
+    def log_refusal(self, conn: Connection, pkg: envelope.Package, e: PackageError) -> None:
+        """Log the refusal of an authenticated package (its header can be trusted)."""
+        h = pkg.header
         self.counters["refused"] += 1
-        log.warning("package_refused", pkg_id=entry["pkg_id"], peer=entry["peer"],
-                    reason=e.reason)
-        if conn is not None:
-            self.outbox.log(conn, [entry])
-        else:
-            with self.engine.begin() as c:
-                self.outbox.log(c, [entry])
+        log.warning("package_refused", pkg_id=h.id, peer=h.src, reason=e.reason)
+        self.outbox.log(conn, [{"pkg_id": h.id, "event": "refused", "peer": h.src,
+                                "resource": h.res, "kind": h.kind, "size": len(pkg.wire),
+                                "status": "refused", "reason": str(e)[:500]}])
 
     def _authenticate(self, pkg: envelope.Package) -> idn.Member:
         h = pkg.header
@@ -338,7 +331,7 @@ class Inbox:
         conn.execute(inbox.insert().values(
             pkg_id=h.id, src=h.src, kind=h.kind, resource=h.res, seq=h.seq, status="refused",
             received_at=time.time(), reason=str(e)[:500], blob=None))
-        self.log_refusal(pkg, e, len(pkg.wire), conn)
+        self.log_refusal(conn, pkg, e)
         acks[h.src].append([h.id, "refused", str(e)[:500]])
 
     def _authorize(self, spec: KindSpec, h: envelope.Header) -> None:

@@ -25,6 +25,7 @@ import pytest
 
 from exnode.plugins.manager import Registry, describe, make_manager
 
+from ..helpers import init_bureau
 from .building import clean_env, pip_install
 
 SYNC_KINDS = ["rejection", "rows", "verify-req", "verify-res", "zero"]  # built-in sync
@@ -145,15 +146,6 @@ def test_plugin_cli_command(site):
     assert r.stdout.strip() == "hello from exnode-hello"
 
 
-def init_node(where: Path, node_id: str = "b9") -> Path:
-    """A bureau's config and keys, made by `exnode init`."""
-    r = subprocess.run([sys.executable, "-m", "exnode.node", "init", "--role", "bureau",
-                        "--id", node_id, "--dir", str(where)], capture_output=True, text=True,
-                       timeout=120, env=clean_env())
-    assert r.returncode == 0, r.stderr
-    return where / "exnode.yaml"
-
-
 def composed_kinds(config: Path, disable: list[str]) -> dict[str, Any]:
     """The package kinds a node with this config composes (its per-node services)."""
     from exnode.node.base.config import load_config
@@ -201,7 +193,7 @@ def test_registry_picks_up_the_new_kind(site, tmp_path):
             "dists": loaded_distributions(),
         }))
     ''')
-    config = init_node(tmp_path / "b9")
+    config = init_bureau(tmp_path / "b9", "b9")
     r = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True,
                        text=True, timeout=120, env=clean_env(PYTHONPATH=str(site)),
                        cwd=site.parent)
@@ -223,7 +215,7 @@ def test_builtins_in_process(tmp_path):
     assert {"crypto-x25519-aes256gcm", "basic", "sync", "sql", "tools"} <= set(infos)
     assert all(i.builtin and i.distribution == "exnode" for i in infos.values()
                if i.name in ("crypto-x25519-aes256gcm", "basic"))
-    config = init_node(tmp_path / "b9")
+    config = init_bureau(tmp_path / "b9", "b9")
     assert composed_kinds(config, ["basic", "sync"]) == {}
     kinds = composed_kinds(config, ["basic"])
     assert "rows" in kinds and "ping" not in kinds

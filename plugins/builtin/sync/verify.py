@@ -13,7 +13,7 @@ import cbor2
 from sqlalchemy import select
 
 from exnode.adapters.sql import row_hash
-from exnode.node.base.errors import ExnodeError, PackageError, UsageError
+from exnode.node.base.errors import ExnodeError, PackageError
 from exnode.node.kernel.api import ApplyContext, ServiceAPI
 
 from .resources import VERIFY_REQ, VERIFY_RES, Resources, key_text
@@ -45,15 +45,12 @@ class Verifier:
         peers += spec.subscribers
         return [p for p in dict.fromkeys(peers) if p != self.api.node_id]
 
-    def summary(self, rid: str, fields: list[str] | None = None,
-                buckets: set[int] | None = None) -> dict[str, Any]:
+    def summary(self, rid: str, buckets: set[int] | None = None) -> dict[str, Any]:
         """Row count, order-independent checksum and 256 bucket checksums of this node's
-        copy; with ``buckets``, the (key, hash) of every row in those buckets."""
+        copy over the resource's configured fields; with ``buckets``, the (key, hash) of
+        every row in those buckets."""
         ad = self.res.adapter(rid)
-        fields = fields or ad.fields
-        missing = [f for f in fields if f not in ad.fields]
-        if missing:
-            raise UsageError(f"resource '{rid}' here lacks fields {missing}")
+        fields = ad.fields
         sums = [0] * 256
         total = count = 0
         keys: list[list[Any]] = []
@@ -97,9 +94,9 @@ class Verifier:
 
         async def answer() -> None:
             try:
-                ad = await api.db(self.res.adapter, rid)
+                await api.db(self.res.adapter, rid)  # opened on the state-DB thread
                 res = await asyncio.get_running_loop().run_in_executor(
-                    None, self.summary, rid, ad.fields, buckets)
+                    None, self.summary, rid, buckets)
             except ExnodeError as e:
                 res = {"error": str(e)}
             res["req"] = req_id
@@ -136,7 +133,7 @@ class Verifier:
         loop = asyncio.get_running_loop()
         ad = await self.api.db(self.res.adapter, rid)
         fields = ad.fields
-        mine = await loop.run_in_executor(None, self.summary, rid, fields, None)
+        mine = await loop.run_in_executor(None, self.summary, rid, None)
         peers = await self.api.db(self.verify_peers, rid)
         answers = await asyncio.gather(*(self._ask(p, rid, None, timeout)
                                          for p in peers))
@@ -159,7 +156,7 @@ class Verifier:
                 ok = False
                 diff = [b for b in range(256) if ans["buckets"][b] != mine["buckets"][b]]
                 theirs = await self._ask(peer, rid, diff, timeout)
-                ours = await loop.run_in_executor(None, self.summary, rid, fields, set(diff))
+                ours = await loop.run_in_executor(None, self.summary, rid, set(diff))
                 entry["differences"] = _key_diff(dict((k, h) for k, h in ours["keys"]),
                                                  dict((k, h) for k, h in
                                                       theirs.get("keys", [])))

@@ -4,12 +4,9 @@ an error."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from exnode.node.base.config import load_config
 from exnode.node.base.errors import ConfigError, PackageError
@@ -19,6 +16,8 @@ from exnode.plugins import hookimpl
 from exnode.plugins import manager as plugin_manager
 from exnode.plugins.builtin.crypto import DefaultSuite
 from exnode.plugins.manager import PluginError, Registry, make_manager
+
+from ...helpers import init_bureau
 
 
 class OtherSuite(DefaultSuite):
@@ -39,16 +38,7 @@ class ExtraSuites:
 
 
 def bureau(tmp_path: Path, suites: list[str] | None = None) -> Path:
-    r = subprocess.run([sys.executable, "-m", "exnode.node", "init", "--role", "bureau",
-                        "--id", "b1", "--dir", str(tmp_path)], capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    path = tmp_path / "exnode.yaml"
-    if suites is not None:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-        cfg["crypto"] = {"suites": suites}
-        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
+    return init_bureau(tmp_path, **({"crypto": {"suites": suites}} if suites else {}))
 
 
 @pytest.fixture

@@ -4,33 +4,26 @@ registered, by ``databases.<name>.kind``; it builds it with the node's dialect r
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from exnode.node.base.config import load_config
 from exnode.node.base.errors import ConfigError
 from exnode.node.kernel.node import Node
 
+from ....helpers import init_bureau
+
 
 def node_with(tmp_path: Path, kind: str) -> Node:
-    r = subprocess.run([sys.executable, "-m", "exnode.node", "init", "--role", "bureau",
-                        "--id", "b1", "--dir", str(tmp_path)], capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
     db = tmp_path / "biz.db"
     with sqlite3.connect(db) as c:
         c.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT)")
-    path = tmp_path / "exnode.yaml"
-    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    cfg["databases"] = {"biz": {"url": f"sqlite:///{db}", "kind": kind}}
-    cfg["resources"] = {"people": {"database": "biz", "table": "people", "key": ["id"]}}
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    path = init_bureau(tmp_path, databases={"biz": {"url": f"sqlite:///{db}", "kind": kind}},
+                       resources={"people": {"database": "biz", "table": "people",
+                                             "key": ["id"]}})
     node = Node(load_config(path))
     node.compose()
     return node
