@@ -480,13 +480,18 @@ def _trace_text(d: dict[str, Any]) -> str:
 
 
 @log.command("verify")
+@click.option("--offline", is_flag=True, help="Do not ask the center for its witness "
+              "(the daemon need not run).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def log_verify(ctx: click.Context, as_json: bool) -> None:
-    """Recompute the hash chain; exit 1 and name the row if anything was changed."""
+def log_verify(ctx: click.Context, offline: bool, as_json: bool) -> None:
+    """Recompute the hash chain and check the head against its copies (the head file
+    beside the keys, the center's witness); exit 1 and say why if anything was changed."""
+    from exnode.node.base.errors import DaemonNotRunning
     from exnode.node.kernel import exlog
     from exnode.node.kernel.identity import Identity
     from exnode.node.kernel.state import open_state
+    from exnode.node.kernel.witness import head_path, read_head_file, signed_by
 
     cfg = ctx.obj.config()
     eng = open_state(cfg.state_url)
@@ -500,22 +505,72 @@ def log_verify(ctx: click.Context, as_json: bool) -> None:
         except Exception:
             return False
 
+    def fail(problem: str, rows: int = 0) -> NoReturn:
+        data = {"ok": False, "rows": rows, "bad_row": None, "problem": problem}
+        if as_json:
+            _out(data, True)
+        else:
+            click.echo(f"exchange log FAILED verification: {problem}", err=True)
+        sys.exit(1)
+
+    anchors: list[exlog.Anchor] = []
+    file_head = read_head_file(head_path(cfg))
+    if file_head is not None:
+        if not signed_by(pub, file_head):
+            fail(f"the head file {head_path(cfg)} is not signed by this node")
+        anchors.append(exlog.Anchor("the head file beside the keys", file_head.id,
+                                    file_head.hash))
+    witness: dict[str, Any] = {"checked": False}
+    if cfg.node.role == "bureau" and not offline:
+        try:
+            w = ctx.obj.call("POST", "/log/witness", {"timeout": 15.0}, timeout=25)
+            witness = {"checked": True, "row": w["id"]}
+            if w["id"]:
+                anchors.append(exlog.Anchor(f"the center's witness ({cfg.center_id})",
+                                            int(w["id"]), str(w["hash"])))
+        except DaemonNotRunning:
+            witness["why"] = "the daemon is not running"
+        except ExnodeError as e:
+            witness["why"] = str(e)
     show = sys.stderr.isatty() and not as_json
     with eng.connect() as conn:
         if show:
             with click.progressbar(length=0, label="verifying", file=sys.stderr) as bar:
-                res = exlog.verify(conn, check_sig, progress=lambda n: bar.update(5000))
+                res = exlog.verify(conn, check_sig, progress=lambda n: bar.update(5000),
+                                   anchors=anchors)
         else:
-            res = exlog.verify(conn, check_sig)
-    data = {"ok": res.ok, "rows": res.rows, "bad_row": res.bad_row, "problem": res.problem}
+            res = exlog.verify(conn, check_sig, anchors=anchors)
+    if not res.ok:
+        fail(res.problem, res.rows)
+    data = {"ok": True, "rows": res.rows, "bad_row": None, "problem": "",
+            "head_file": file_head.id if file_head else None, "witness": witness}
     if as_json:
         _out(data, True)
-    elif res.ok:
-        click.echo(f"exchange log ok: {res.rows} rows, hash chain and signed head intact")
-    else:
-        click.echo(f"exchange log FAILED verification: {res.problem}", err=True)
-    if not res.ok:
-        sys.exit(1)
+        return
+    parts = [f"exchange log ok: {res.rows} rows, hash chain and signed head intact"]
+    if file_head:
+        parts.append(f"head file at row {file_head.id}")
+    if witness["checked"]:
+        parts.append(f"the center witnessed row {witness['row']}")
+    elif cfg.node.role == "bureau":
+        parts.append(f"center's witness not checked ({witness.get('why', '--offline')})")
+    click.echo("; ".join(parts))
+
+
+@log.command("witnesses")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def log_witnesses(obj: Context, as_json: bool) -> None:
+    """(center) The highest exchange-log head each member sent, and any alerts."""
+    data = obj.call("GET", "/log/witnesses")
+
+    def text(d: dict[str, Any]) -> str:
+        rows = [f"{w['node']:<16} row {w['head']:<10} "
+                f"{ago(w['received_at'])}"
+                + (f"  ALERTS {w['alerts']}: {w['last_alert']}" if w["alerts"] else "")
+                for w in d["witnesses"]]
+        return "\n".join(rows) or "no member has sent its log head yet"
+    obj.show(data, as_json, text)
 
 
 # --- helpers -------------------------------------------------------------------------------

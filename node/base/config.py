@@ -125,6 +125,9 @@ class GconfSection(_Model):
 
 class LogSection(_Model):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    witness_every_s: float = Field(300.0, ge=1, le=86_400, description="(bureau) How often "
+                                   "the exchange log's signed head is sent to the center to "
+                                   "be witnessed, while the log grows.")
 
 
 class PluginsSection(_Model):

@@ -3,7 +3,9 @@ refused, hash-chained so that an edited or deleted row is detected.
 
 Each row's hash covers its own fields and the previous row's hash. The newest row's
 id and hash (the head) are kept in ``meta`` and signed with the node's key, so that
-cutting rows off the end is detected too.
+cutting rows off the end is detected too. Copies of the head kept elsewhere (the head
+file beside the keys, the center's witness) are *anchors*: a log that ends before an
+anchor, or differs from it at the anchor's row, was cut or rewritten.
 """
 
 from __future__ import annotations
@@ -31,6 +33,38 @@ def row_hash(row_id: int, ts: float, fields: dict[str, Any], prev: str) -> str:
 
 def _head_body(last_id: int, last_hash: str) -> bytes:
     return f"exnode-log-head:{last_id}:{last_hash}".encode()
+
+
+head_body = _head_body
+
+
+@dataclass(frozen=True)
+class Head:
+    """A signed log head: the newest row's id and hash, and the node's signature."""
+
+    id: int
+    hash: str
+    sig: bytes
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A head held somewhere else (``source`` names where, for the messages)."""
+
+    source: str
+    id: int
+    hash: str
+
+
+def read_head(conn: Connection) -> Head | None:
+    """The signed head in ``meta`` (None before the first row)."""
+    v = conn.execute(select(meta.c.value).where(meta.c.key == HEAD_KEY)).scalar()
+    if v is None:
+        return None
+    d = cbor2.loads(v)
+    if not d["id"]:
+        return None
+    return Head(int(d["id"]), str(d["hash"]), bytes(d["sig"]))
 
 
 def _read_head(conn: Connection, lock: bool) -> tuple[int, str]:
@@ -95,8 +129,14 @@ class VerifyResult:
 
 
 def verify(conn: Connection, verify_sig: Callable[[bytes, bytes], bool] | None = None,
-           progress: Callable[[int], None] | None = None) -> VerifyResult:
-    """Recompute the chain; name the first row that does not fit."""
+           progress: Callable[[int], None] | None = None,
+           anchors: Iterable[Anchor] = ()) -> VerifyResult:
+    """Recompute the chain; name the first row that does not fit. Every anchor must
+    name a row the log still has, with the same hash."""
+    at: dict[int, list[Anchor]] = {}
+    for a in anchors:
+        if a.id > 0:
+            at.setdefault(a.id, []).append(a)
     prev = GENESIS
     expected_id = 1
     n = 0
@@ -112,10 +152,19 @@ def verify(conn: Connection, verify_sig: Callable[[bytes, bytes], bool] | None =
         if row_hash(r["id"], r["ts"], dict(r), prev) != r["hash"]:
             return VerifyResult(False, n, r["id"], f"row {r['id']} was edited: its contents "
                                 "do not match its hash")
+        for a in at.pop(r["id"], ()):
+            if a.hash != r["hash"]:
+                return VerifyResult(False, n, r["id"], f"row {r['id']} is not the row "
+                                    f"{a.source} holds (the log was rewritten from there)")
         prev = r["hash"]
         expected_id += 1
         if progress and n % 5000 == 0:
             progress(n)
+    if at:
+        a = at[max(at)][0]
+        return VerifyResult(False, n, None, f"{a.source} holds a head at row {a.id}, but "
+                            f"the log ends at row {expected_id - 1} (rows were cut off, or "
+                            "an older copy of the log was restored)")
     head_raw = conn.execute(select(meta.c.value).where(meta.c.key == HEAD_KEY)).scalar()
     if head_raw is None:
         if n:

@@ -38,6 +38,7 @@ from exnode.node.kernel.services import KernelAPI, Status
 from exnode.node.kernel.state import open_state
 from exnode.node.kernel.topics import Topics
 from exnode.node.kernel.transport import Transport, client_id, sleep_or_stop
+from exnode.node.kernel.witness import LOG_HEAD, Witness, require_bureau
 
 log = structlog.get_logger("exnode")
 
@@ -90,6 +91,8 @@ class Node:
                                    self.topics, self._log_event)
         self.batcher = Batcher(self.send_many, cfg.delivery.batch_bytes,
                                cfg.delivery.batch_linger_ms)
+        self.witness = Witness(cfg, self.engine, self.identity, self.members, self.outbox.log,
+                               self.counters)
         self._reasm = Reassembler(cfg.delivery.max_package_bytes, self._authenticate_chunks)
         self.api = KernelAPI(self)
 
@@ -134,6 +137,11 @@ class Node:
             if svc is not None:
                 self.pm.register(svc, name=f"service:{type(svc).__module__}")
         self.plugins.collect_kinds(KindSpec)
+        for spec in self.witness.kinds():  # the kernel's own kinds beside the services'
+            if spec.name in self.plugins.kinds:
+                raise ConfigError(f"package kind '{spec.name}' is the kernel's; a plugin "
+                                  "may not register it")
+            self.plugins.kinds[spec.name] = spec
 
     async def start(self) -> None:
         """Load the directory, compose the services, run their startup hooks."""
@@ -146,6 +154,8 @@ class Node:
         """The kernel's control routes, then every service's."""
         router.get("/status", self._status_route)
         router.post("/gconf/publish", self._gconf_route)
+        router.post("/log/witness", self._witness_route)
+        router.get("/log/witnesses", self._witnesses_route)
         self.pm.hook.exnode_control_routes(router=router)
 
     async def _status_route(self, _req: ControlRequest) -> Any:
@@ -155,6 +165,29 @@ class Node:
         if not self.is_center:
             raise UsageError("only the center publishes the global configuration")
         return {"version": await self.gconf.publish()}
+
+    async def _witness_route(self, req: ControlRequest) -> Any:
+        """(bureau) Send the log head to the center now; answer what the center keeps."""
+        require_bureau(self.cfg)
+        timeout = req.arg("timeout", float, 15.0)
+        head = await self.db(self.witness.keep_file)
+        if head is None:
+            return {"id": 0}
+        fut = self.witness.waiter()
+        try:
+            await self.send_many([(self.cfg.center_id, LOG_HEAD, "",
+                                   self.witness.payload(head))])
+            got = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"the center did not answer within {timeout:g} s") from None
+        finally:
+            self.witness.forget(fut)
+        return {"id": got.id, "hash": got.hash, "sent": head.id}
+
+    async def _witnesses_route(self, _req: ControlRequest) -> Any:
+        if not self.is_center:
+            raise UsageError("only the center keeps witnesses of the members' logs")
+        return {"witnesses": await self.db(self.witness.witnesses)}
 
     def status(self) -> dict[str, Any]:
         """(state-DB thread) The node's status, with every service's sections."""
@@ -231,6 +264,10 @@ class Node:
             try:
                 await self.db(self.outbox.expire)
                 await self.db(self.inbox.expire_waiting)
+                head = await self.db(self.witness.keep_file)
+                if self.witness.due(head, time.time()) and head is not None:
+                    await self.send_many([(self.cfg.center_id, LOG_HEAD, "",
+                                           self.witness.payload(head))])
                 await self.gconf.periodic()
                 if self.is_center and time.time() - last_refresh >= refresh:
                     last_refresh = time.time()
@@ -263,5 +300,9 @@ class Node:
         """After :meth:`run`: the services' shutdown hooks, then the state DB."""
         self.pm.hook.exnode_shutdown(api=self.api)
         self._db.shutdown(wait=True)
+        try:
+            self.witness.keep_file()
+        except Exception as e:
+            log.error("log_head_file_failed", error=f"{type(e).__name__}: {e}")
         self.engine.dispose()
         log.info("node_stopped", node=self.id)

@@ -145,6 +145,18 @@ peers = Table(
     Column("last_rtt_ms", Float),
 )
 
+# (center) the highest signed exchange-log head each member sent (node/kernel/witness.py)
+log_witness = Table(
+    "log_witness", metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("head_id", BigInteger, nullable=False),
+    Column("head_hash", String(64), nullable=False),
+    Column("sig", LargeBinary, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("alerts", Integer, nullable=False),
+    Column("last_alert", String(200), nullable=False),
+)
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 

@@ -264,3 +264,69 @@ def test_appending_after_a_deletion_does_not_hide_it(eng):
     assert not res.ok and res.bad_row == 6
     with eng.connect() as conn:
         assert conn.execute(select(func.max(exchange_log.c.id))).scalar() == 8
+
+
+# --- anchors: copies of the head kept elsewhere (head file, the center's witness) ---------
+
+def head_meta(eng: Engine) -> bytes:
+    with eng.connect() as conn:
+        return conn.execute(select(meta.c.value).where(meta.c.key == exlog.HEAD_KEY)).scalar()
+
+
+def anchor(eng: Engine, source: str = "the head file") -> exlog.Anchor:
+    with eng.connect() as conn:
+        h = exlog.read_head(conn)
+    assert h is not None
+    return exlog.Anchor(source, h.id, h.hash)
+
+
+def test_cut_tail_with_the_old_head_restored_passes_alone_but_not_against_an_anchor(eng):
+    fill(eng, 6)
+    old = head_meta(eng)
+    append(eng, [entry(7), entry(8), entry(9)])
+    later = anchor(eng)
+    # The attack: cut rows 7-9 and put the (genuinely signed) head of row 6 back.
+    execute(eng, delete(exchange_log).where(exchange_log.c.id > 6))
+    execute(eng, update(meta).where(meta.c.key == exlog.HEAD_KEY).values(value=old))
+    assert verify(eng).ok  # chain and signature alone cannot see it
+    with eng.connect() as conn:
+        res = exlog.verify(conn, checker(KEY), anchors=[later])
+    assert not res.ok
+    assert "the head file holds a head at row 9" in res.problem
+    assert "ends at row 6" in res.problem
+
+
+def test_whole_log_and_head_deleted_fails_against_an_anchor(eng):
+    fill(eng, 4)
+    a = anchor(eng, "the center's witness (center)")
+    execute(eng, delete(exchange_log))
+    execute(eng, delete(meta).where(meta.c.key == exlog.HEAD_KEY))
+    assert verify(eng).ok  # an empty log with no head looks like a new node
+    with eng.connect() as conn:
+        res = exlog.verify(conn, checker(KEY), anchors=[a])
+    assert not res.ok and "center's witness" in res.problem and "row 0" in res.problem
+
+
+def test_log_rewritten_from_before_the_anchor_is_named_at_the_anchor_row(eng):
+    fill(eng, 5)
+    a = anchor(eng)
+    # roll back to row 3 and log other rows: the chain is intact and longer than before
+    execute(eng, delete(exchange_log).where(exchange_log.c.id > 3))
+    with eng.connect() as conn:
+        last = conn.execute(select(exchange_log).where(exchange_log.c.id == 3)).mappings().one()
+    head = cbor2.dumps({"id": 3, "hash": last["hash"],
+                        "sig": KEY.sign(exlog._head_body(3, last["hash"]))})
+    execute(eng, update(meta).where(meta.c.key == exlog.HEAD_KEY).values(value=head))
+    append(eng, [entry(40), entry(41), entry(42), entry(43)])
+    assert verify(eng).ok
+    with eng.connect() as conn:
+        res = exlog.verify(conn, checker(KEY), anchors=[a])
+    assert not res.ok and res.bad_row == 5 and "rewritten" in res.problem
+
+
+def test_an_anchor_at_or_behind_the_head_of_an_intact_log_passes(eng):
+    fill(eng, 3)
+    a = anchor(eng)
+    append(eng, [entry(4)])
+    with eng.connect() as conn:
+        assert exlog.verify(conn, checker(KEY), anchors=[a, anchor(eng, "x")]).ok
