@@ -1,6 +1,10 @@
 """The local control API: a small HTTP API on a Unix socket (mode 0600) that the
 ``exnode`` CLI uses to talk to the running daemon.
 
+The socket lives in a folder of its own (mode 0700, owned by the daemon's user), and
+both ends check who is at the other end (``SO_PEERCRED``): the daemon answers only its
+own user (and root), the CLI talks only to a daemon of the user that owns the folder.
+
 Routes come from the kernel and from the services (``exnode_control_routes``). Every
 handler gets a ``ControlRequest`` and returns JSON-able data; one middleware turns the
 project's errors into 4xx answers with one line, so no handler repeats that.
@@ -13,6 +17,8 @@ import http.client
 import json
 import os
 import socket
+import stat
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,46 @@ MAX_BODY = 512 * 1024 * 1024
 
 def _err(code: int, msg: str) -> web.Response:
     return web.json_response({"error": msg}, status=code)
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket (None off Linux)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+def private_dir(folder: Path, create: bool) -> int:
+    """Check (or make) the socket's folder: a real directory, mode 0700, owned by this
+    user (or, for root, by anyone: root may use another user's daemon). Returns the
+    owner's uid; raises ``ExnodeError`` with what is wrong."""
+    if create and not folder.exists():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+    st = os.lstat(folder)  # FileNotFoundError: the caller says the daemon is not running
+    me = os.geteuid()
+    if not stat.S_ISDIR(st.st_mode):
+        raise ExnodeError(f"{folder}: the control socket's folder is not a directory")
+    if st.st_uid != me and me != 0:
+        raise ExnodeError(f"{folder}: the control socket's folder belongs to uid "
+                          f"{st.st_uid}, not to this user (uid {me}); run as its user")
+    if st.st_mode & 0o077:
+        raise ExnodeError(f"{folder}: the control socket's folder is mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}; it must be 0700 "
+                          f"(chmod 700 {folder})")
+    return st.st_uid
+
+
+@web.middleware
+async def peer_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Only the daemon's own user (and root) may use the control API."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    uid = peer_uid(sock) if sock is not None else None
+    if uid is not None and uid not in (os.geteuid(), 0):
+        log.warning("control_refused", uid=uid)
+        return _err(403, f"uid {uid} may not use this daemon's control socket")
+    return await handler(request)
 
 
 @web.middleware
@@ -99,15 +145,16 @@ class ControlServer:
     async def start(self) -> None:
         router = _Router()
         self.add_routes(router)
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
+        app = web.Application(client_max_size=MAX_BODY,
+                              middlewares=[peer_middleware, errors_middleware])
         app.add_routes(router.routes)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        if self.path.exists():
+        private_dir(self.path.parent, create=True)
+        if self.path.exists() or self.path.is_symlink():
             if answers(self.path):
                 raise ExnodeError(f"another exnode is already running on {self.path}")
             self.path.unlink()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         old = os.umask(0o177)  # the socket is created 0600, with no window where it is not
         try:
             await web.UnixSite(self._runner, str(self.path)).start()
@@ -141,9 +188,15 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
+        owner = private_dir(Path(self._path).parent, create=False)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout)
         s.connect(self._path)
+        uid = peer_uid(s)
+        if uid is not None and uid != owner:
+            s.close()
+            raise ExnodeError(f"refusing to talk to {self._path}: it is served by uid {uid}, "
+                              f"not by the owner of its folder (uid {owner})")
         self.sock = s
 
 

@@ -114,7 +114,8 @@ class StateSection(_Model):
 
 
 class ControlSection(_Model):
-    socket: str = Field("exnode.sock", description="Control API Unix socket (mode 0600), "
+    socket: str = Field("run/exnode.sock", description="Control API Unix socket (mode 0600) "
+                        "in a directory of its own (mode 0700), "
                         "relative to data_dir.")
 
 
@@ -466,7 +467,7 @@ state:
   # url: postgresql+psycopg://postgres@127.0.0.1/exnode   # default: SQLite in data_dir
 
 control:
-  socket: exnode.sock     # Unix socket, mode 0600, used by the exnode CLI
+  socket: run/exnode.sock # Unix socket (0600) in its own 0700 folder, used by the CLI
 
 log:
   level: info

@@ -144,7 +144,7 @@ class LocalStar:
     def kill(self, node: str) -> None:
         self.stop(node, signal.SIGKILL)
         with contextlib.suppress(FileNotFoundError):
-            (self.dir(node) / "exnode.sock").unlink()
+            self.socket(node).unlink()
 
     def close(self) -> None:
         for node in list(self.procs):
@@ -160,7 +160,11 @@ class LocalStar:
 
     def call(self, node: str, method: str, path: str, body: dict[str, Any] | None = None,
              timeout: float = 60.0) -> dict[str, Any]:
-        return call(self.dir(node) / "exnode.sock", method, path, body, timeout)
+        return call(self.socket(node), method, path, body, timeout)
+
+    def socket(self, node: str) -> Path:
+        """The node's control socket (the default place, in data_dir/run)."""
+        return self.dir(node) / "run" / "exnode.sock"
 
     def status(self, node: str) -> dict[str, Any]:
         return self.call(node, "GET", "/status")

@@ -29,7 +29,7 @@ def test_sigterm_keeps_the_outbox_and_delivers_after_restart(make_star, system_b
     assert star.stop("b1") == 0  # SIGTERM: a clean exit
     log = (star.dir("b1") / "daemon.log").read_text()
     assert '"event": "node_stopped"' in log
-    assert not (star.dir("b1") / "exnode.sock").exists()
+    assert not star.socket("b1").exists()
     assert db_rows(star, "b1", "SELECT count(*) FROM outbox WHERE status='pending' AND "
                    "resource='term'") == [(30,)]
     star.start("b2")
@@ -63,9 +63,10 @@ def test_control_socket_and_keys_are_private(make_star, system_broker):
     star = make_star(system_broker, bureaus=("b1",))
     star.up()
     for n in star.nodes:
-        sock = star.dir(n) / "exnode.sock"
+        sock = star.socket(n)
         assert stat.S_ISSOCK(sock.stat().st_mode)
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
         for key in (star.dir(n) / "keys").glob("*.key"):
             assert stat.S_IMODE(key.stat().st_mode) == 0o600
         assert stat.S_IMODE((star.dir(n) / "state.db").stat().st_mode) == 0o600

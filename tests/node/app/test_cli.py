@@ -212,7 +212,8 @@ def test_commands_needing_the_daemon(center, args):
 
 
 def test_stale_socket_means_not_running(bureau):
-    sock_path = bureau.parent / "exnode.sock"
+    sock_path = bureau.parent / "run" / "exnode.sock"
+    sock_path.parent.mkdir(mode=0o700)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(sock_path))
     s.close()  # the file stays, nobody listens
@@ -266,7 +267,8 @@ def test_log_verify_names_a_tampered_row(tmp_path):
         eng.dispose()
     out = json.loads(ok(exnode("-c", str(cfg_path), "log", "verify", "--json",
                                cwd=tmp_path)).stdout)
-    assert out == {"ok": True, "rows": 5, "bad_row": None, "problem": ""}
+    assert out == {"ok": True, "rows": 5, "bad_row": None, "problem": "",
+                   "head_file": None, "witness": {"checked": False}}
 
     db = sqlite3.connect(tmp_path / "c" / "state.db")
     try:

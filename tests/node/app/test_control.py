@@ -4,6 +4,9 @@ that turns every failure into a one-line 4xx/5xx answer, and the CLI's client.""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +55,24 @@ def routes(router: Router) -> None:
 
 @pytest.fixture
 def sock(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "run" / "exnode.sock"
+    yield from _serve(tmp_path / "run" / "exnode.sock")
+
+
+@pytest.fixture
+def open_sock() -> Iterator[Path]:
+    """A server in a folder that other users can traverse (pytest's tmp_path is 0700)."""
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="exn-ctl-"))
+    os.chmod(top, 0o711)
+    try:
+        yield from _serve(top / "run" / "exnode.sock")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _serve(path: Path) -> Iterator[Path]:
     loop = asyncio.new_event_loop()
     server = ControlServer(path, routes)
     started = threading.Event()
@@ -132,3 +152,92 @@ def test_a_route_registered_twice_is_an_error(tmp_path: Path) -> None:
 def test_no_daemon_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(DaemonNotRunning, match="the daemon is not running"):
         call(tmp_path / "nobody.sock", "GET", "/status")
+
+
+# --- who is at the other end ----------------------------------------------------------------
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+
+
+def test_the_socket_folder_is_0700(sock: Path) -> None:
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+
+
+def test_a_socket_folder_open_to_others_is_refused_on_both_sides(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    server = ControlServer(folder / "exnode.sock", routes)
+    with pytest.raises(ExnodeError, match="mode 0755; it must be 0700"):
+        asyncio.run(server.start())
+    assert not (folder / "exnode.sock").exists()
+    with pytest.raises(ExnodeError, match="must be 0700"):
+        call(folder / "exnode.sock", "GET", "/usage")
+
+
+def _in_child(fn: Any) -> int:
+    """Run fn() in a forked child; its exit code (0 = fn returned True)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os._exit(0 if fn() else 1)
+        except BaseException:
+            os._exit(2)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@as_root
+def test_the_daemon_answers_only_its_own_user(open_sock: Path) -> None:
+    sock = open_sock
+    # Open the way in (as a careless operator might): the peer check still refuses.
+    os.chmod(sock.parent, 0o711)
+    os.chmod(sock, 0o666)
+
+    def other_user() -> bool:
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(sock))
+        s.sendall(b"GET /usage HTTP/1.0\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+        return b" 403 " in answer.split(b"\r\n", 1)[0] and b"may not use" in answer
+
+    assert _in_child(other_user) == 0
+    with pytest.raises(ExnodeError, match="0711"):  # and the CLI will not use such a folder
+        call(sock, "GET", "/usage")
+    os.chmod(sock.parent, 0o700)
+    with pytest.raises(ExnodeError, match="no resource"):  # the owner still gets through
+        call(sock, "GET", "/usage")
+
+
+@as_root
+def test_the_cli_talks_only_to_a_daemon_of_the_folders_owner(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir(mode=0o700)
+    path = folder / "exnode.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # an impostor: another user listens on the socket (credentials at listen)
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            listener.listen(1)
+            os.write(w, b"x")
+            conn, _ = listener.accept()
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{}")
+            conn.close()
+        finally:
+            os._exit(0)
+    try:
+        os.read(r, 1)
+        with pytest.raises(ExnodeError, match="served by uid 65534"):
+            call(path, "GET", "/status", timeout=5)
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        listener.close()

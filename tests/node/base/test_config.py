@@ -69,7 +69,7 @@ def test_rendered_template_validates(tmp_path, role):
     assert cfg.source == str(p)
     assert cfg.data_dir == tmp_path.resolve()
     assert cfg.keys_dir == tmp_path.resolve() / "keys"
-    assert cfg.socket_path == tmp_path.resolve() / "exnode.sock"
+    assert cfg.socket_path == tmp_path.resolve() / "run" / "exnode.sock"
     assert cfg.state_url == f"sqlite:///{tmp_path.resolve() / 'state.db'}"
     if role == "center":
         assert cfg.gconf.validity_h == 168
