@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.x509.oid import NameOID
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from exnode.node.base.errors import IdentityError
 
@@ -198,11 +198,72 @@ class Identity:
 TOKEN_PREFIX = "exn1."
 
 
+NODE_ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# A DNS name (labels of letters, digits and '-') or an IPv4/IPv6 literal: nothing that
+# could mean more than a host when it is written into the configuration file.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST = rf"^(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}\.?$"
+IPV6 = r"^[0-9A-Fa-f:.]{2,45}$"
+
+
+class TokenBody(BaseModel):
+    """An enrolment token's fields, checked one by one (types exact, no coercion):
+    they go into the bureau's configuration file and its broker login."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    c: str = Field(pattern=NODE_ID)                       # the center's id
+    h: str = Field(max_length=253)                        # broker host
+    p: int = Field(ge=1, le=65535)                        # broker port
+    f: str = Field(pattern=r"^[0-9a-f]{64}$")             # the center CA's SHA-256
+    n: str = Field(pattern=NODE_ID)                       # the node it is for
+    s: bytes = Field(min_length=32, max_length=32)        # the enrolment secret
+    e: int = Field(ge=0, lt=1 << 40)                      # expiry (Unix time)
+    t: str = Field("exn/v1", max_length=200,
+                   pattern=r"^[A-Za-z0-9_\-/]+[A-Za-z0-9_\-]$")  # topic prefix
+    w: str | None = Field(None, min_length=16, max_length=128,
+                          pattern=r"^[A-Za-z0-9_\-]+$")  # broker password (broker.dynsec)
+
+    @field_validator("h")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        import ipaddress
+        import re
+
+        if re.fullmatch(HOST, v):
+            return v
+        if re.fullmatch(IPV6, v):
+            try:
+                ipaddress.IPv6Address(v)
+                return v
+            except ValueError:
+                pass
+        raise ValueError("not a host name or IP address")
+
+
+def check_token(d: Any) -> TokenBody:
+    """A token's fields, validated; a bad one is a one-line :class:`IdentityError`."""
+    try:
+        return TokenBody.model_validate(d)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = {"c": "center id", "h": "broker host", "p": "broker port",
+                 "f": "CA fingerprint", "n": "node id", "s": "secret", "e": "expiry",
+                 "t": "topic prefix", "w": "broker password"}.get(
+            str(err["loc"][0]) if err["loc"] else "", "fields")
+        raise IdentityError(f"enrolment token is not valid: {where}: {err['msg']}") from None
+
+
 def make_token(*, center_id: str, host: str, port: int, ca_fp: str, node_id: str,
-               secret: bytes, expires: int, prefix: str = "exn/v1") -> str:
-    """A one-time enrolment token: where the center is, whom to trust, and a secret."""
-    body = cbor2.dumps({"c": center_id, "h": host, "p": port, "f": ca_fp, "n": node_id,
-                        "s": secret, "e": expires, "t": prefix}, canonical=True)
+               secret: bytes, expires: int, prefix: str = "exn/v1",
+               broker_password: str | None = None) -> str:
+    """A one-time enrolment token: where the center is, whom to trust, a secret and,
+    where the center manages broker accounts, the node's broker password."""
+    fields: dict[str, Any] = {"c": center_id, "h": host, "p": port, "f": ca_fp,
+                              "n": node_id, "s": secret, "e": expires, "t": prefix}
+    if broker_password is not None:
+        fields["w"] = broker_password
+    check_token(fields)  # never issue a token that parse_token refuses
+    body = cbor2.dumps(fields, canonical=True)
     # A short checksum, so that a token damaged in copying is told apart from a valid one.
     body += hashlib.sha256(body).digest()[:4]
     return TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
@@ -219,11 +280,11 @@ def parse_token(token: str) -> dict[str, Any]:
         if len(raw) < 8 or hashlib.sha256(body).digest()[:4] != check:
             raise ValueError("checksum")
         d = cbor2.loads(body)
-        out = {"center_id": str(d["c"]), "host": str(d["h"]), "port": int(d["p"]),
-               "ca_fp": str(d["f"]), "node_id": str(d["n"]), "secret": bytes(d["s"]),
-               "expires": int(d["e"]), "prefix": str(d.get("t", "exn/v1"))}
     except Exception:
         raise IdentityError("enrolment token is damaged (copy it again in full)") from None
+    t = check_token(d)
+    out = {"center_id": t.c, "host": t.h, "port": t.p, "ca_fp": t.f, "node_id": t.n,
+           "secret": t.s, "expires": t.e, "prefix": t.t, "broker_password": t.w}
     if out["expires"] < time.time():
         raise IdentityError("enrolment token has expired (ask the center for a new one)")
     return out

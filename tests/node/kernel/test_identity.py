@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import os
 import stat
 import time
@@ -198,8 +199,10 @@ def test_token_round_trip():
     got = idn.parse_token(f"  {t}\n")
     assert got == {"center_id": "center", "host": "mq.example.org", "port": 8883,
                    "ca_fp": "ab" * 32, "node_id": "b1", "secret": bytes(range(32)),
-                   "expires": got["expires"], "prefix": "gov/exn"}
+                   "expires": got["expires"], "prefix": "gov/exn", "broker_password": None}
     assert got["expires"] > time.time()
+    pw = "Aa0_-" * 6
+    assert idn.parse_token(token(broker_password=pw))["broker_password"] == pw
 
 
 def test_truncated_token_is_damaged():
@@ -248,6 +251,46 @@ def test_wrong_prefix(bad):
 def test_expired_token():
     with pytest.raises(IdentityError, match=r"expired.*new one"):
         idn.parse_token(token(expires=int(time.time()) - 1))
+
+
+def _forged(fields: dict) -> str:
+    """A token with a valid checksum around any fields (as a forger would make one)."""
+    body = cbor2.dumps(fields, canonical=True)
+    return "exn1." + base64.urlsafe_b64encode(
+        body + hashlib.sha256(body).digest()[:4]).decode().rstrip("=")
+
+
+GOOD = {"c": "center", "h": "mq.example.org", "p": 8883, "f": "ab" * 32, "n": "b1",
+        "s": bytes(range(32)), "e": 2 << 32, "t": "exn/v1"}
+
+
+@pytest.mark.parametrize("field,value,what", [
+    # each of these would go into the bureau's YAML file or its broker login
+    ("h", "evil\nbroker:\n  tls: null", "broker host"),
+    ("h", "host: x", "broker host"),
+    ("h", "a" * 300, "broker host"),
+    ("p", 0, "broker port"), ("p", 70000, "broker port"), ("p", "8883", "broker port"),
+    ("f", "AB" * 32, "CA fingerprint"), ("f", "ab" * 31, "CA fingerprint"),
+    ("n", "B1", "node id"), ("n", "b1\n", "node id"), ("c", "../center", "center id"),
+    ("s", b"short", "secret"), ("s", "x" * 32, "secret"),
+    ("t", "exn/v1/#", "topic prefix"), ("t", "exn/v1/", "topic prefix"),
+    ("w", "pw with space and more", "broker password"), ("w", "short", "broker password"),
+    ("e", "never", "expiry"),
+])
+def test_token_fields_are_validated(field, value, what):
+    assert idn.parse_token(_forged(GOOD))["host"] == "mq.example.org"
+    with pytest.raises(IdentityError, match=f"not valid: {what}"):
+        idn.parse_token(_forged({**GOOD, field: value}))
+
+
+def test_token_with_an_unknown_field_is_refused():
+    with pytest.raises(IdentityError, match="not valid"):
+        idn.parse_token(_forged({**GOOD, "x": 1}))
+
+
+def test_no_token_is_issued_that_would_be_refused():
+    with pytest.raises(IdentityError, match="broker host"):
+        token(host="bad host")
 
 
 # --- signed global configuration ----------------------------------------------------------
