@@ -274,11 +274,20 @@ def _status_text(st: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def register(ctx: click.Context, token: str, timeout: float, as_json: bool) -> None:
-    """Enrol this bureau with the center using a one-time TOKEN."""
+    """Enrol this bureau with the center using a one-time TOKEN ('-': read it from
+    standard input, so that it shows in no process list or shell history)."""
+    from exnode.node.base.errors import DaemonNotRunning
     from exnode.node.kernel.enrol import register_with_token
 
     path = ctx.obj.config_path()
     cfg = load_config(path)
+    if token == "-":
+        token = sys.stdin.readline().strip()
+    try:  # register logs in under the node's one client id: it would push the daemon off
+        ctx.obj.call("GET", "/status", timeout=5)
+        raise UsageError("the daemon of this node is running; stop it before 'register'")
+    except DaemonNotRunning:
+        pass
     res = register_with_token(cfg, path, token, timeout)
     msg = {"approved": f"registered with center '{res['center']}' and approved; "
            "start the daemon with 'exnode run'",
@@ -330,13 +339,34 @@ def nodes_invite(ctx: click.Context, node_id: str, approve: bool, ttl: str,
 
     cfg, ident, eng = _center(ctx)
     ttl_s = _duration(ttl)
-    secret = registry.invite(eng, cfg.node.id, node_id, ttl_s, approve)
+    password = None
+    if cfg.broker.dynsec:
+        # The daemon records the invitation and creates the node's broker account over
+        # its own broker connection; the password exists only in the token from here on.
+        from exnode.node.base.errors import DaemonNotRunning
+
+        if not registry.idn_valid(node_id):
+            raise UsageError(f"'{node_id}' is not a valid node id")
+        try:
+            ans = ctx.obj.call("POST", "/nodes/invite", {"node": node_id, "ttl_s": ttl_s,
+                                                         "approve": approve}, timeout=30)
+        except DaemonNotRunning:
+            raise UsageError("broker.dynsec: the center's daemon must be running to create "
+                             "the node's broker account (start it, then invite)") from None
+        secret, password = bytes.fromhex(ans["secret"]), ans["broker_password"]
+    else:
+        secret = registry.invite(eng, cfg.node.id, node_id, ttl_s, approve)
     ca = ident.ca_cert
     assert ca is not None
-    token = idn.make_token(center_id=cfg.node.id, host=broker_host or cfg.broker.host,
-                           port=broker_port or cfg.broker.port,
-                           ca_fp=idn.fingerprint(ca), node_id=node_id, secret=secret,
-                           expires=int(time.time() + ttl_s), prefix=cfg.broker.topic_prefix)
+    try:
+        token = idn.make_token(center_id=cfg.node.id, host=broker_host or cfg.broker.host,
+                               port=broker_port or cfg.broker.port,
+                               ca_fp=idn.fingerprint(ca), node_id=node_id, secret=secret,
+                               expires=int(time.time() + ttl_s),
+                               prefix=cfg.broker.topic_prefix, broker_password=password)
+    except ExnodeError:  # e.g. a --broker-host that is no host name: no invitation left
+        registry.forget_invite(eng, node_id)
+        raise
     _out({"node": node_id, "token": token, "expires": int(time.time() + ttl_s),
           "approve": approve}, as_json,
          f"token for '{node_id}' (valid {ttl}, single use; treat it as a password):\n{token}\n"

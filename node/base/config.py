@@ -65,6 +65,11 @@ class BrokerSection(_Model):
     def _protocol_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int | float) else v  # `protocol: 5` is a number
     username: str | None = Field(None, description="Broker user name.")
+    dynsec: bool = Field(
+        False, description="(center) Manage the bureaus' broker accounts in Mosquitto's "
+        "dynamic-security plugin: 'nodes invite' creates one (its password travels in the "
+        "token), approve gives it the member's topics, reject and revoke delete it and "
+        "disconnect it. The center's broker user needs the plugin's admin role.")
     password_file: str | None = Field(None, description="File holding the broker password.")
     tls: TLSSection | None = Field(None, description="TLS settings; omit for plain TCP.")
     topic_prefix: str = Field("exn/v1", pattern=r"^[A-Za-z0-9_\-/]+[A-Za-z0-9_\-]$",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ import cbor2
 import structlog
 from sqlalchemy import Engine, select
 
-from exnode.node.base.config import Config
+from exnode.node.base.config import NODE_ID_RE, Config
 from exnode.node.base.errors import IdentityError, PackageError
 from exnode.node.kernel import identity as idn
 from exnode.node.kernel import registry
@@ -75,15 +76,20 @@ class Members:
             registry.ensure_self(self.engine, self.identity)
             self.from_registry()
             return
-        with self.engine.connect() as conn:
-            raw = conn.execute(select(meta.c.value).where(meta.c.key == SEEN_KEY)).scalar()
-        self.floor = int(raw.decode()) if raw else 0
+        self.load_floor()
         cache = self.cfg.keys_dir / idn.GCONF_CACHE
         if cache.exists():
             try:
                 self.apply_gconf(cache.read_bytes(), save=False)
             except IdentityError as e:
                 log.warning("gconf_cache_unusable", reason=str(e))
+
+    def load_floor(self) -> None:
+        """(bureau) The floor from the state DB: the highest gconf version taken, or the
+        one the center named in its answer to enrolment."""
+        with self.engine.connect() as conn:
+            raw = conn.execute(select(meta.c.value).where(meta.c.key == SEEN_KEY)).scalar()
+        self.floor = int(raw.decode()) if raw else 0
 
     def from_registry(self) -> None:
         """(center, state-DB thread) Approved and revoked members from the registry."""
@@ -208,23 +214,67 @@ class Gconf:
             log.error("gconf_expired", version=m.current.version)
 
 
+class RateLimit:
+    """A few attempts per key and minute (a token bucket per key), in bounded memory:
+    at most ``max_keys`` keys, the least recently seen forgotten first."""
+
+    def __init__(self, per_minute: int = 5, max_keys: int = 4096) -> None:
+        self.burst = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, key: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        ok = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return ok
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
 class Enrolment:
     """The center's side of enrolment: check a request, answer it (authenticated with
-    the token's secret), publish the gconf when a member was approved."""
+    the token's secret), publish the gconf when a member was approved.
+
+    Requests are rate-limited per node id (:class:`RateLimit`, 5 a minute): the excess
+    is dropped unread and counted (``enrol_dropped``), never logged one by one. So is a
+    request on a topic that names no valid node id."""
 
     def __init__(self, members_: Members, gconf: Gconf, db: Db, publish: Publish,
-                 topics: Topics, log_event: Callable[[str, str, str, str], None]) -> None:
+                 topics: Topics, log_event: Callable[[str, str, str, str], None],
+                 counters: dict[str, int] | None = None,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.members = members_
         self.gconf = gconf
         self.db = db
         self.publish = publish
         self.topics = topics
         self.log_event = log_event
+        self.counters: dict[str, int] = counters if counters is not None else {}
+        self.on_change = on_change
+        self.limit = RateLimit()
+
+    def _drop(self, why: str) -> None:
+        n = self.counters["enrol_dropped"] = self.counters.get("enrol_dropped", 0) + 1
+        if n in (1, 10, 100) or n % 1000 == 0:
+            log.warning("enrol_dropped", reason=why, dropped=n)
 
     async def received(self, topic: str, payload: bytes) -> None:
         if not self.members.is_center or topic.endswith("/reply"):
             return
         node_id = topic.rsplit("/", 1)[-1]
+        if topic != self.topics.enrol(node_id) or not NODE_ID_RE.match(node_id):
+            self._drop("not an enrolment topic of a valid node id")
+            return
+        if not self.limit.allow(node_id):
+            self._drop("rate limit (5 requests a minute per node id)")
+            return
         m = self.members
         try:
             req = cbor2.loads(payload)
@@ -237,16 +287,17 @@ class Enrolment:
             await self.db(self.log_event, "enrol", node_id, "refused", str(e))
             # Say so at once (unauthenticated: we may not share a secret with the asker),
             # so that the bureau does not wait out its timeout.
-            if self.topics.enrol(node_id) == topic:
-                with contextlib.suppress(Exception):
-                    await self.publish(self.topics.enrol_reply(node_id),
-                                       cbor2.dumps({"refused": str(e)[:200]}), False)
+            with contextlib.suppress(Exception):
+                await self.publish(self.topics.enrol_reply(node_id),
+                                   cbor2.dumps({"refused": str(e)[:200]}), False)
             return
         reply["ts"] = time.time()
         body = cbor2.dumps(reply, canonical=True)
         msg = cbor2.dumps({"body": body, "mac": idn.enrol_mac(secret, body)})
+        del secret  # the registry has forgotten it too
         await self.db(self.log_event, "enrol", node_id, reply["status"], "")
         log.info("enrol_request", node=node_id, status=reply["status"])
         await self.publish(self.topics.enrol_reply(node_id), msg, False)
         if reply["status"] == "approved":
             await self.gconf.publish()
+        self.on_change()

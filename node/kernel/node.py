@@ -24,7 +24,7 @@ import structlog
 
 from exnode.node.base.config import Config
 from exnode.node.base.errors import ConfigError, PackageError, UsageError
-from exnode.node.kernel import exlog
+from exnode.node.kernel import dynsec, exlog
 from exnode.node.kernel import identity as idn
 from exnode.node.kernel.api import ControlRequest, KindSpec, Router
 from exnode.node.kernel.batching import Batcher
@@ -83,12 +83,23 @@ class Node:
         subs = [self.topics.inbox(self.id), self.topics.gconf]
         if self.is_center:
             subs.append(self.topics.enrol_all)
-        self.transport = Transport(cfg, client_id(self.id, self.identity.sign_pub), subs,
-                                   self._connected, cfg.delivery.max_in_flight)
+        if self.is_center and cfg.broker.dynsec:
+            subs.append(dynsec.RESPONSE)
+        # Nothing retained is taken from the inbox: whoever may write there could leave
+        # a message for the broker to hand over again at every subscribe.
+        self.transport = Transport(cfg, client_id(self.id, cfg.broker.topic_prefix), subs,
+                                   self._connected, cfg.delivery.max_in_flight,
+                                   live_only=[self.topics.inbox(self.id)])
+        self.broker_access: dynsec.BrokerAccess | None = None
+        if self.is_center and cfg.broker.dynsec:
+            self.broker_access = dynsec.BrokerAccess(
+                self.id, cfg.broker.username, self.topics, self.transport.publish, self.db,
+                self.engine, self.transport.connected)
         self.gconf = Gconf(cfg, self.members, self.db, self.transport.publish, self.topics,
                            self.outbox.wake.set)
         self.enrolment = Enrolment(self.members, self.gconf, self.db, self.transport.publish,
-                                   self.topics, self._log_event)
+                                   self.topics, self._log_event, self.counters,
+                                   self._enrolled)
         self.batcher = Batcher(self.send_many, cfg.delivery.batch_bytes,
                                cfg.delivery.batch_linger_ms)
         self.witness = Witness(cfg, self.engine, self.identity, self.members, self.outbox.log,
@@ -154,6 +165,7 @@ class Node:
         """The kernel's control routes, then every service's."""
         router.get("/status", self._status_route)
         router.post("/gconf/publish", self._gconf_route)
+        router.post("/nodes/invite", self._invite_route)
         router.post("/log/witness", self._witness_route)
         router.get("/log/witnesses", self._witnesses_route)
         self.pm.hook.exnode_control_routes(router=router)
@@ -162,9 +174,32 @@ class Node:
         return await self.db(self.status)
 
     async def _gconf_route(self, _req: ControlRequest) -> Any:
+        """(center) The registry changed: publish the global configuration and, with
+        broker.dynsec, bring the broker accounts in line before answering (so that when
+        'nodes revoke' returns, the member is disconnected and cannot log in)."""
         if not self.is_center:
             raise UsageError("only the center publishes the global configuration")
-        return {"version": await self.gconf.publish()}
+        out: dict[str, Any] = {"version": await self.gconf.publish()}
+        if self.broker_access is not None:
+            out["broker"] = await self.broker_access.reconcile()
+        return out
+
+    async def _invite_route(self, req: ControlRequest) -> Any:
+        """(center, broker.dynsec) Record an invitation and create the node's broker
+        account; the answer has what the token needs."""
+        from exnode.node.kernel import registry
+
+        access = dynsec.require(self.broker_access)
+        node_id = req.arg("node")
+        ttl_s = req.arg("ttl_s", float)
+        approve = bool(req.arg("approve", bool, False))
+        secret = await self.db(registry.invite, self.engine, self.id, node_id, ttl_s, approve)
+        try:
+            password = await access.create(node_id)
+        except Exception:
+            await self.db(registry.forget_invite, self.engine, node_id)
+            raise
+        return {"node": node_id, "secret": secret.hex(), "broker_password": password}
 
     async def _witness_route(self, req: ControlRequest) -> Any:
         """(bureau) Send the log head to the center now; answer what the center keeps."""
@@ -197,7 +232,16 @@ class Node:
 
     # --- running -----------------------------------------------------------------------------
 
+    def _enrolled(self) -> None:
+        """(center) An enrolment was answered: the registry changed. The broker account
+        follows a moment later: a change of its roles disconnects the bureau, which must
+        have had the answer first."""
+        if self.broker_access is not None and self.loop is not None:
+            self.loop.call_later(1.0, self.broker_access.wake.set)
+
     async def _connected(self) -> None:
+        if self.broker_access is not None:
+            self.broker_access.wake.set()
         if self.is_center:
             await self.gconf.publish()
         await self.db(self.outbox.retry_all_now)
@@ -214,6 +258,8 @@ class Node:
                 try:
                     if topic == self.topics.gconf:
                         await self.gconf.received(payload)
+                    elif topic == dynsec.RESPONSE and self.broker_access is not None:
+                        self.broker_access.received(payload)
                     elif self.topics.is_enrol(topic):
                         await self.enrolment.received(topic, payload)
                     else:
@@ -281,6 +327,8 @@ class Node:
             self.transport.run(self.stop),
             self.outbox.pump(self.transport, self.inbox.topic_for, self.db, self.stop),
             self._receive(), self._periodic())]
+        if self.broker_access is not None:
+            tasks.append(asyncio.create_task(self.broker_access.run(self.transport.connected)))
         log.info("node_started", node=self.id, role=self.cfg.node.role, pid=os.getpid(),
                  socket=str(self.cfg.socket_path), members=len(self.members.current.members))
         if ready:

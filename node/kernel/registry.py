@@ -55,6 +55,12 @@ def invite(engine: Engine, ident_id: str, node_id: str, ttl_s: float, approve: b
     return secret
 
 
+def forget_invite(engine: Engine, node_id: str) -> None:
+    """Drop an invitation (its secret with it)."""
+    with engine.begin() as conn:
+        conn.execute(invites.delete().where(invites.c.node_id == node_id))
+
+
 def idn_valid(node_id: str) -> bool:
     from exnode.node.base.config import NODE_ID_RE
 
@@ -89,22 +95,25 @@ def handle_enrol(engine: Engine, ident: idn.Identity,
         if existing is not None and (existing["sign_pub"] != sign_pub
                                      or existing["enc_pub"] != enc_pub):
             raise IdentityError(f"'{node_id}' is already enrolled with other keys")
-        if inv["used_at"] is not None and existing is None:
-            raise IdentityError(f"invitation for '{node_id}' was already used")
         now = time.time()
         if existing is None:
             conn.execute(members.insert().values(
                 id=node_id, role="bureau", status="pending", sign_pub=sign_pub,
                 enc_pub=enc_pub, cert=None, serial=None, requested_at=now, updated_at=now))
-            conn.execute(invites.update().where(invites.c.node_id == node_id)
-                         .values(used_at=now))
+        # One use: once this request is answered the secret is gone, and the same token
+        # (or a replay of this request) finds no invitation.
+        conn.execute(invites.delete().where(invites.c.node_id == node_id))
         if inv["approve"] and (existing is None or existing["status"] == "pending"):
             _approve(conn, ident, node_id)
         row = conn.execute(select(members).where(members.c.id == node_id)).mappings().one()
+        raw = conn.execute(select(meta.c.value).where(meta.c.key == GCONF_VERSION_KEY)).scalar()
     ca = ident.ca_cert
     assert ca is not None
+    # The newest gconf version published: the bureau refuses anything older from its
+    # first gconf on (one left retained from before a revocation, say).
     reply = {"id": node_id, "status": row["status"], "cert": row["cert"],
-             "ca": ca.public_bytes(serialization.Encoding.PEM)}
+             "ca": ca.public_bytes(serialization.Encoding.PEM),
+             "gconf_floor": int(raw.decode()) if raw else 0}
     return reply, secret
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import secrets
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import aiomqtt
 import structlog
+from paho.mqtt.reasoncodes import ReasonCode
 
 from exnode.node.base.config import Config
 from exnode.node.base.errors import ConfigError
@@ -49,22 +51,34 @@ def broker_credentials(cfg: Config) -> tuple[str | None, ssl.SSLContext | None]:
     return password, tls
 
 
-def client_id(node_id: str, sign_pub: bytes) -> str:
-    """A stable MQTT client id, unique per node identity (so persistent sessions of two
-    nodes that share a name never collide)."""
-    return f"exn-{node_id}-{hashlib.sha256(sign_pub).hexdigest()[:8]}"
+def client_id(node_id: str, topic_prefix: str) -> str:
+    """The one MQTT client id of a node: the daemon and ``exnode register`` both use it,
+    and it stays the same across restarts (the persistent session lives under it).
+
+    It is public by design (the center derives it when it creates the node's broker
+    account); what protects a session is the broker binding the id to one user
+    (dynamic security's ``clientid``, or ``use_username_as_clientid``). The prefix is in
+    it so that networks sharing one broker never share a session."""
+    return f"exn-{node_id}-{hashlib.sha256(topic_prefix.encode()).hexdigest()[:8]}"
 
 
 class Transport:
     """A persistent MQTT session with reconnects, like an aiomqtt ``Client`` that
-    never gives up. ``on_connect`` runs after every (re)connect and subscribe."""
+    never gives up. ``on_connect`` runs after every (re)connect and subscribe.
+
+    ``live_only`` are subscribed topics (inboxes) on which a retained message is never
+    wanted: under MQTT 5 they are subscribed with retain handling 2 (the broker sends no
+    retained message on subscribe), and any message that still comes with the retain
+    flag (MQTT 3.1.1 brokers) is dropped and counted in :attr:`retained_dropped`."""
 
     def __init__(self, cfg: Config, identifier: str, subscriptions: list[str],
                  on_connect: Callable[[], Awaitable[None]], max_inflight: int,
-                 queue_bytes: int = 48 << 20) -> None:
+                 queue_bytes: int = 48 << 20, live_only: Collection[str] = ()) -> None:
         self.cfg = cfg
         self.identifier = identifier
         self.subscriptions = subscriptions
+        self.live_only = frozenset(live_only)
+        self.retained_dropped = 0
         self.on_connect = on_connect
         self.max_inflight = max_inflight
         # Received and not yet taken: bounded in bytes, so that a flood (which nobody has
@@ -170,12 +184,15 @@ class Transport:
                     versions = [proto]
                     attempt = 0
                     backoff = 0.5
-                    await client.subscribe([(t, 1) for t in self.subscriptions])
+                    await client.subscribe(self._subscribe_list(proto))
                     self.connected.set()
                     log.info("broker_connected", host=b.host, port=b.port,
                              protocol=self.protocol)
                     await self.on_connect()
                     async for msg in client.messages:
+                        if msg.retain and msg.topic.value in self.live_only:
+                            self._retained(msg.topic.value)
+                            continue
                         self._queue(msg)
             except (aiomqtt.MqttError, OSError) as e:
                 was = self.connected.is_set()
@@ -193,20 +210,43 @@ class Transport:
                 self.connected.clear()
                 self._client = None
 
+    def _subscribe_list(self, proto: Any) -> list[tuple[str, Any]]:
+        if proto != aiomqtt.ProtocolVersion.V5:
+            return [(t, 1) for t in self.subscriptions]
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        return [(t, SubscribeOptions(qos=1, retainHandling=2 if t in self.live_only else 0))
+                for t in self.subscriptions]
+
+    def _retained(self, topic: str) -> None:
+        """A retained message on an inbox: anyone allowed to write there could have left
+        it to be delivered again at every subscribe. Dropped, counted, logged sparingly."""
+        self.retained_dropped += 1
+        n = self.retained_dropped
+        if n in (1, 10, 100) or n % 1000 == 0:
+            log.warning("retained_dropped", topic=topic[:200], dropped=n)
+
     async def _probe(self, versions: list[Any], password: str | None,
                      tls: ssl.SSLContext | None) -> list[Any]:
         """'auto': ask the broker with a plain MQTT 5 connect whether it speaks 5 (some
-        brokers, amqtt among them, never answer a 5 connect that carries properties)."""
+        brokers, amqtt among them, never answer a 5 connect that carries properties).
+
+        The probe is anonymous, under a throwaway client id: with the node's own id and
+        login it would take over (and, clean, wipe) the node's persistent session where
+        the broker binds the client id to the user. A refusal in MQTT 5's own terms (a
+        reason code of 128 or more, such as 'not authorized') is an answer in MQTT 5."""
         b = self.cfg.broker
         try:
             async with aiomqtt.Client(b.host, b.port, protocol=aiomqtt.ProtocolVersion.V5,
-                                      identifier=self.identifier + "-probe",
-                                      username=b.username, password=password,
+                                      identifier=f"exn-probe-{secrets.token_hex(6)}",
                                       tls_context=tls, timeout=5):
                 return [aiomqtt.ProtocolVersion.V5]
         except aiomqtt.MqttCodeError as e:
-            if getattr(e, "rc", None) in (1, 132):  # unacceptable / unsupported version
+            rc = getattr(e, "rc", None)
+            if rc in (1, 132):  # unacceptable / unsupported version
                 return [aiomqtt.ProtocolVersion.V311]
+            if isinstance(rc, ReasonCode) and rc.value >= 128:
+                return [aiomqtt.ProtocolVersion.V5]
             self.last_error = f"broker: {e}"
             return versions
         except aiomqtt.MqttError as e:

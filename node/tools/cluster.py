@@ -95,12 +95,19 @@ class LocalStar:
         ident = idn.Identity(self.center_id, ccfg.keys_dir)
         eng = open_state(ccfg.state_url)
         try:
-            secret = registry.invite(eng, self.center_id, bureau, 3600, approve=False)
+            password = None
+            if ccfg.broker.dynsec:  # the running center creates the broker account
+                ans = self.call(self.center_id, "POST", "/nodes/invite",
+                                {"node": bureau, "ttl_s": 3600})
+                secret, password = bytes.fromhex(ans["secret"]), ans["broker_password"]
+            else:
+                secret = registry.invite(eng, self.center_id, bureau, 3600, approve=False)
             ca = ident.ca_cert
             assert ca is not None
             token = idn.make_token(center_id=self.center_id, host=self.host, port=self.port,
                                    ca_fp=idn.fingerprint(ca), node_id=bureau, secret=secret,
-                                   expires=int(time.time() + 3600), prefix=self.prefix)
+                                   expires=int(time.time() + 3600), prefix=self.prefix,
+                                   broker_password=password)
             res = register_with_token(load_config(self.config_path(bureau)),
                                       self.config_path(bureau), token, timeout=30)
             if approve:
