@@ -85,8 +85,8 @@ if [[ -f $SRC/README.md ]]; then
     install -m 0644 "$SRC/README.md" "$VENV/README.md"
 fi
 install -d -m 0755 "$VENV/share/mosquitto"
-install -m 0644 "$HERE/mosquitto/exnode.conf" "$HERE/mosquitto/exnode.acl" \
-    "$VENV/share/mosquitto/"
+install -m 0644 "$HERE/mosquitto/exnode-dynsec.conf" "$HERE/mosquitto/exnode.conf" \
+    "$HERE/mosquitto/exnode.acl" "$VENV/share/mosquitto/"
 say "installed $(/usr/bin/exnode --version) in $VENV; /usr/bin/exnode -> $VENV/bin/exnode"
 
 # --- the service -----------------------------------------------------------------------
