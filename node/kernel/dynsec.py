@@ -126,6 +126,7 @@ class BrokerAccess:
         self.timeout = timeout
         self.connected = connected
         self._background: set[asyncio.Future[Any]] = set()
+        self._missing: list[str] = []
         self.wake = asyncio.Event()
         self.last_error = ""
         self.accounts = 0
@@ -171,13 +172,16 @@ class BrokerAccess:
             return []
         try:
             async with asyncio.timeout(self.timeout):
-                if self.connected is not None:
-                    await self.connected.wait()
-                if not await self.publish(CONTROL, message, False):
-                    raise DynsecError("dynamic security: not connected to the broker")
+                while True:  # until published (a reconnect may be under way)
+                    if self.connected is not None:
+                        await self.connected.wait()
+                    if await self.publish(CONTROL, message, False):
+                        break
+                    await asyncio.sleep(0.2)
                 out = list(await asyncio.gather(*futs))
         except TimeoutError:
-            raise DynsecError("dynamic security: no answer from the broker's plugin within "
+            raise DynsecError("dynamic security: no connection or no answer from the "
+                              "broker's plugin within "
                               f"{self.timeout:.0f} s (is it loaded, and may "
                               f"'{self.username}' use {CONTROL}?)") from None
         finally:
@@ -253,16 +257,31 @@ class BrokerAccess:
         # The center's own rights (its account is the operator's; exnode adds a role).
         await self._ensure_roles([CENTER_ROLE], roles)
         me = clients.get(self.username or "")
-        if me is not None and CENTER_ROLE not in {r.get("rolename") for r in me["roles"]}:
+        if me is not None and CENTER_ROLE not in {r.get("rolename") for r in me.get("roles", [])}:
             # The plugin disconnects a client whose roles change, so this is the last
             # thing this connection does; the transport reconnects with the new rights.
             log.info("broker_center_role_added", role=CENTER_ROLE)
             await self.command([{"command": "addClientRole", "username": self.username,
                                  "rolename": CENTER_ROLE}], wait=False)
+            # Hold the lock until the transport has seen the disconnection, so that no
+            # command goes out on the connection the broker is closing.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    while self.connected is not None and self.connected.is_set():
+                        await asyncio.sleep(0.02)
             return done
         needed = [enrol_role(n) if s == "enrol" else member_role(n) for n, s in want.items()]
         await self._ensure_roles(needed, roles)
         cmds: list[dict[str, Any]] = []
+        for name in want:
+            c = clients.get(name)
+            if c is not None and c.get("textname") != MANAGED and name != self.username:
+                # An account made by hand for a member (a star that moves to the plugin
+                # from a password file): from now on exnode manages it, roles and all.
+                cmds.append({"command": "modifyClient", "username": name,
+                             "textname": MANAGED})
+                c["textname"] = MANAGED
+                log.info("broker_account_adopted", node=name)
         for name, c in clients.items():
             if c.get("textname") != MANAGED:
                 continue
@@ -292,13 +311,14 @@ class BrokerAccess:
         if stale:
             await self.command([{"command": "deleteRole", "rolename": r} for r in stale],
                                ok_errors=("Role not found",))
-        for name in want:
-            if clients.get(name, {}).get("textname") != MANAGED:
-                # Its password exists only in its token and at the bureau: nothing to
-                # create it from. Say so (the member cannot connect).
-                done["missing"] += 1
-                log.warning("broker_account_missing", node=name)
-        self.accounts = len(want) - done["missing"]
+        missing = sorted(n for n in want if n not in clients)
+        if missing and missing != self._missing:
+            # Its password exists only in its token and at the bureau: nothing to create
+            # it from. Say so (the member cannot connect), once until it changes.
+            log.warning("broker_account_missing", nodes=missing[:20], count=len(missing))
+        self._missing = missing
+        done["missing"] = len(missing)
+        self.accounts = len(want) - len(missing)
         if done["deleted"] or done["changed"]:
             log.info("broker_accounts_reconciled", **done)
         return done

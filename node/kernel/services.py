@@ -141,7 +141,10 @@ class Status:
             "node": n.id, "role": n.cfg.node.role, "pid": os.getpid(),
             "uptime_s": round(time.time() - n.started, 1),
             "broker": {"host": n.cfg.broker.host, "port": n.cfg.broker.port,
-                       "connected": t.connected.is_set(), "protocol": t.protocol},
+                       "connected": t.connected.is_set(), "protocol": t.protocol,
+                       **({"dynsec": {"accounts": n.broker_access.accounts,
+                                      "last_error": n.broker_access.last_error}}
+                          if n.broker_access is not None else {})},
             "gconf": {"version": d.version, "expires": d.expires, "valid": d.valid},
             "members": d.ids(),
             "outbox_pending": depth, "inbox_waiting": waiting,
@@ -149,6 +152,7 @@ class Status:
                                        "retained_dropped": t.retained_dropped},
             "receiving": {"queued_bytes": t.queued, "reassembly_held_bytes": n._reasm.held,
                           "reassembly_evicted": n._reasm.evicted},
-            "last_error": t.last_error or n.gconf.last_error,
+            "last_error": t.last_error or n.gconf.last_error
+            or (n.broker_access.last_error if n.broker_access is not None else ""),
         })
         return self
