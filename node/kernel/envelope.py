@@ -156,9 +156,9 @@ class Package:
 
     header: Header
     header_raw: bytes
-    sealed: bytes
+    sealed: bytes | memoryview
     sig: bytes
-    wire: bytes
+    wire: bytes | bytearray
 
     @property
     def aad(self) -> bytes:
@@ -169,7 +169,7 @@ class Package:
         return signed_bytes(self.header_raw, self.sealed)
 
 
-def signed_bytes(header_raw: bytes, sealed: bytes) -> bytes:
+def signed_bytes(header_raw: bytes, sealed: bytes | memoryview) -> bytes:
     """What the signature covers: the header and the SHA-256 of the sealed payload.
 
     Signing the digest rather than the payload itself keeps signing and verification
@@ -200,19 +200,53 @@ def build(*, suite: Any, sign_key: Any, src: str, kind: str, rcpt: dict[str, Any
 
 
 def parse(wire: bytes, max_bytes: int) -> Package:
-    """Read a package's structure. Nothing is trusted until ``verify`` has run."""
+    """Read a package's structure. Nothing is trusted until ``verify`` has run.
+
+    The sealed payload stays a view into ``wire``: a large package is not copied to be
+    checked, relayed or opened."""
     if len(wire) > max_bytes:
         raise PackageError("oversize", f"{len(wire)} bytes > limit {max_bytes}")
     if not wire.startswith(MAGIC):
         raise PackageError("malformed", "not an exnode package")
+    view = memoryview(wire)
     try:
-        raw, sealed, sig = cbor2.loads(wire[len(MAGIC):])
-        if not all(isinstance(x, bytes) for x in (raw, sealed, sig)):
-            raise ValueError
-    except Exception:
+        raw, sealed, sig = _three_byte_strings(view, len(MAGIC))
+    except ValueError:
         raise PackageError("malformed", "package body is not [header, sealed, signature]") \
             from None
-    return Package(Header.decode(raw), raw, sealed, sig, wire)
+    return Package(Header.decode(bytes(raw)), bytes(raw), sealed, bytes(sig), wire)
+
+
+def _three_byte_strings(view: memoryview, at: int) -> list[memoryview]:
+    """The items of a CBOR array of exactly three definite-length byte strings that
+    fills ``view`` from ``at``, as views (what ``encode`` writes, and nothing else)."""
+    if len(view) <= at or view[at] != 0x83:
+        raise ValueError("not an array of 3")
+    at += 1
+    out = []
+    for _ in range(3):
+        if at >= len(view):
+            raise ValueError("short")
+        b = view[at]
+        major, info = b >> 5, b & 0x1F
+        at += 1
+        if major != 2 or info > 27:  # byte string, definite length
+            raise ValueError("not a byte string")
+        if info < 24:
+            n = info
+        else:
+            width = 1 << (info - 24)
+            if at + width > len(view):
+                raise ValueError("short")
+            n = int.from_bytes(view[at:at + width], "big")
+            at += width
+        if at + n > len(view):
+            raise ValueError("short")
+        out.append(view[at:at + n])
+        at += n
+    if at != len(view):
+        raise ValueError("trailing bytes")
+    return out
 
 
 def verify(pkg: Package, suites: dict[str, Any], sign_pub: Any) -> None:

@@ -31,6 +31,7 @@ CHUNK = b"C"
 CHUNK_OVERHEAD = 256
 ENTRY_OVERHEAD = 512  # what an incomplete package costs besides its data, roughly
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_CHUNK_START = b"\x87\x78\x24"  # CBOR: an array of 7, then a text of 36 bytes
 _NODE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 #: ``sign(message) -> (node id, signature)``: how this node signs its chunk claims.
@@ -67,7 +68,11 @@ def frames(pkg_id: str, wire: bytes, max_message: int,
 class _Pending:
     claim: tuple[int, bytes, str, bytes]  # count, digest, by, sig
     started: float
-    parts: dict[int, bytes] = field(default_factory=dict)
+    # chunks in order are appended to ``whole`` as they come (so the package is never
+    # held twice); ``early`` keeps those that came before their turn
+    whole: bytearray = field(default_factory=bytearray)
+    next: int = 0
+    early: dict[int, bytes] = field(default_factory=dict)
     held: int = ENTRY_OVERHEAD
 
 
@@ -87,7 +92,7 @@ class Reassembler:
         self.held = 0
         self.evicted = 0
 
-    def feed(self, frame: bytes) -> bytes | None:
+    def feed(self, frame: bytes) -> bytes | bytearray | None:
         """Return the package's wire bytes when complete, else None."""
         if not frame:
             raise PackageError("malformed", "empty message")
@@ -95,8 +100,12 @@ class Reassembler:
             return frame
         if frame[:1] != CHUNK:
             raise PackageError("malformed", "unknown frame type")
+        # [pkg_id (a 36-character text), ...]: anything else is refused before it is
+        # decoded, so an oversized id or a deep structure costs nothing
+        if frame[1:4] != _CHUNK_START:
+            raise PackageError("malformed", "chunk frame is not readable")
         try:
-            pkg_id, idx, count, digest, data, by, sig = cbor2.loads(frame[1:])
+            pkg_id, idx, count, digest, data, by, sig = cbor2.loads(memoryview(frame)[1:])
             if not (isinstance(pkg_id, str) and _UUID.fullmatch(pkg_id)
                     and type(idx) is int and type(count) is int
                     and isinstance(digest, bytes) and len(digest) == 32
@@ -118,18 +127,26 @@ class Reassembler:
                 raise PackageError("malformed", "chunks of one package disagree")
             entry = self._pending[pkg_id] = _Pending(claim, time.monotonic())
             self.held += entry.held
-        if idx in entry.parts:
+        if idx < entry.next or idx in entry.early:
             return None  # a duplicate (QoS 1 redelivers)
         if entry.held + len(data) > self.max_bytes + ENTRY_OVERHEAD:
             self._drop(pkg_id)
             raise PackageError("oversize", f"chunks of {pkg_id} exceed {self.max_bytes} bytes")
         self._make_room(pkg_id, len(data))
-        entry.parts[idx] = data
         entry.held += len(data)
         self.held += len(data)
-        if len(entry.parts) < count:
+        if idx != entry.next:
+            entry.early[idx] = data
             return None
-        wire = b"".join(entry.parts[i] for i in range(count))
+        entry.whole += data
+        del data
+        entry.next += 1
+        while entry.next in entry.early:
+            entry.whole += entry.early.pop(entry.next)
+            entry.next += 1
+        if entry.next < count:
+            return None
+        wire = entry.whole
         self._drop(pkg_id)
         if len(wire) > self.max_bytes:
             raise PackageError("oversize", f"{len(wire)} bytes > limit {self.max_bytes}")

@@ -104,6 +104,7 @@ class Node:
                                cfg.delivery.batch_linger_ms)
         self.witness = Witness(cfg, self.engine, self.identity, self.members, self.outbox.log,
                                self.counters)
+        self._publishing: asyncio.Task[None] | None = None
         self._reasm = Reassembler(cfg.delivery.max_package_bytes, self._authenticate_chunks)
         self.api = KernelAPI(self)
 
@@ -254,7 +255,9 @@ class Node:
             while len(msgs) < 256 and (m := tr.get_nowait()) is not None:
                 msgs.append(m)
             wires: list[tuple[bytes, str]] = []
-            for topic, payload in msgs:
+            msgs.reverse()
+            while msgs:  # let go of each message once it is taken (chunks are large)
+                topic, payload = msgs.pop()
                 try:
                     if topic == self.topics.gconf:
                         await self.gconf.received(payload)
@@ -296,9 +299,24 @@ class Node:
             except Exception as e:
                 log.error("after_commit_failed", error=str(e))
         if res.publishes:
-            await self.outbox.publish(self.transport, res.publishes)
+            # Relays and receipts go out in a task of their own, one batch after the
+            # other, so that receiving goes on meanwhile: the transport may stop reading
+            # the socket while its queue is full, and the acknowledgements of these
+            # publishes come in on that socket.
+            self._publishing = asyncio.get_running_loop().create_task(
+                self._publish_after(self._publishing, res.publishes))
         if res.wake_outbox:
             self.outbox.wake.set()
+
+    async def _publish_after(self, before: asyncio.Task[None] | None,
+                             publishes: list[tuple[str, bytes, str]]) -> None:
+        if before is not None:
+            with contextlib.suppress(Exception):
+                await before
+        try:
+            await self.outbox.publish(self.transport, publishes)
+        except Exception as e:
+            log.error("publish_failed", error=f"{type(e).__name__}: {e}")
 
     async def _periodic(self) -> None:
         refresh = self.cfg.gconf.refresh_h * 3600
@@ -338,6 +356,8 @@ class Node:
         finally:
             with contextlib.suppress(Exception):
                 await self.batcher.flush()
+            if self._publishing is not None:
+                tasks.append(self._publishing)
             for t in tasks + self.spawned:
                 t.cancel()
             for t in tasks + self.spawned:

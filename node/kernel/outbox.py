@@ -233,7 +233,7 @@ class Outbox:
         limit = self.cfg.broker.max_message_bytes
         # QoS 1 publishes are written to the socket in call order, so order per topic holds.
         return list(await asyncio.gather(*(
-            transport.publish_frames(topic, list(frames(pkg_id, wire, limit, self._sign)))
+            transport.publish_frames(topic, frames(pkg_id, wire, limit, self._sign))
             for topic, wire, pkg_id in items)))
 
     async def pump(self, transport: Transport, topic_for: Callable[[str], str],

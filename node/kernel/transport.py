@@ -14,7 +14,7 @@ import hashlib
 import secrets
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 
 import aiomqtt
@@ -62,6 +62,29 @@ def client_id(node_id: str, topic_prefix: str) -> str:
     return f"exn-{node_id}-{hashlib.sha256(topic_prefix.encode()).hexdigest()[:8]}"
 
 
+class _CountedQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """aiomqtt's queue of received messages, counted in the transport's bytes: paho
+    reads the socket as fast as the event loop lets it, so this is where a flood would
+    pile up first."""
+
+    def __init__(self, transport: Transport) -> None:
+        super().__init__()
+        self.transport = transport
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        if self.transport._arrived(_size(item.payload)):
+            super().put_nowait(item)
+
+    def get_nowait(self) -> aiomqtt.Message:
+        item = super().get_nowait()
+        self.transport.queued -= _size(item.payload)
+        return item
+
+
+def _size(payload: Any) -> int:
+    return len(payload) if isinstance(payload, (bytes, bytearray)) else 0
+
+
 class Transport:
     """A persistent MQTT session with reconnects, like an aiomqtt ``Client`` that
     never gives up. ``on_connect`` runs after every (re)connect and subscribe.
@@ -73,7 +96,7 @@ class Transport:
 
     def __init__(self, cfg: Config, identifier: str, subscriptions: list[str],
                  on_connect: Callable[[], Awaitable[None]], max_inflight: int,
-                 queue_bytes: int = 48 << 20, live_only: Collection[str] = ()) -> None:
+                 queue_bytes: int = 8 << 20, live_only: Collection[str] = ()) -> None:
         self.cfg = cfg
         self.identifier = identifier
         self.subscriptions = subscriptions
@@ -87,6 +110,8 @@ class Transport:
         self.inbound: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.queue_bytes = queue_bytes
         self.queued = 0
+        self._paused: tuple[Any, int, Any, Any] | None = None
+        self.paused_count = 0
         self.dropped = 0
         self.connected = asyncio.Event()
         self.protocol = ""
@@ -105,8 +130,9 @@ class Transport:
             self.last_error = f"publish failed: {e}"
             return False
 
-    async def publish_frames(self, topic: str, frames: list[bytes]) -> bool:
-        """Publish the frames of one package in order (QoS 1 keeps call order)."""
+    async def publish_frames(self, topic: str, frames: Iterable[bytes]) -> bool:
+        """Publish the frames of one package in order (QoS 1 keeps call order). The
+        frames are made one at a time, as they go: a large package is never held twice."""
         client = self._client
         if client is None:
             return False
@@ -118,29 +144,74 @@ class Transport:
             self.last_error = f"publish failed: {e}"
             return False
 
-    def _queue(self, msg: aiomqtt.Message) -> None:
-        payload = msg.payload if isinstance(msg.payload, (bytes, bytearray)) else b""
-        if self.queued + len(payload) > self.queue_bytes:
+    def _arrived(self, n: int) -> bool:
+        """A message of ``n`` bytes was read: count it, pause reading when the queues are
+        full; False (dropped) only if pausing could not hold it."""
+        if self.queued + n > 2 * self.queue_bytes:
             self.dropped += 1
             if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
                 log.warning("inbound_dropped", dropped=self.dropped,
                             reason="receive queue full")
-            return
-        self.queued += len(payload)
+            return False
+        self.queued += n
+        if self.queued > self.queue_bytes:
+            self._pause()
+        return True
+
+    def _queue(self, msg: aiomqtt.Message) -> None:
+        payload = msg.payload if isinstance(msg.payload, (bytes, bytearray)) else b""
+        self.queued += len(payload)  # taken from the client's queue: still ours
         self.inbound.put_nowait((msg.topic.value, bytes(payload)))
+
+    def _taken(self, item: tuple[str, bytes]) -> None:
+        self.queued -= len(item[1])
+        if self._paused is not None and self.queued <= self.queue_bytes // 2:
+            self._resume()
 
     async def get(self) -> tuple[str, bytes]:
         """The next message received: (topic, payload)."""
         item = await self.inbound.get()
-        self.queued -= len(item[1])
+        self._taken(item)
         return item
 
     def get_nowait(self) -> tuple[str, bytes] | None:
         if self.inbound.empty():
             return None
         item = self.inbound.get_nowait()
-        self.queued -= len(item[1])
+        self._taken(item)
         return item
+
+    # --- back-pressure: stop reading the socket while the queue is full ----------------------
+    # What paho has read it has acknowledged, so dropping it would cost the sender a
+    # retransmission. Instead the socket is not read until we have caught up: TCP then
+    # holds the sender (the broker, which queues for the session). asyncio gives no way
+    # to pause a reader it did not create, so the callback aiomqtt registered is taken
+    # off the selector and put back; where that is not possible, the queue drops beyond
+    # twice its bound instead.
+
+    def _pause(self) -> None:
+        if self._paused is not None or self._client is None:
+            return
+        try:
+            fd = self._client._client.socket().fileno()
+            loop = asyncio.get_running_loop()
+            handle = loop._selector.get_key(fd).data[0]  # type: ignore[attr-defined]
+            callback, args = handle._callback, handle._args
+        except Exception as e:
+            log.warning("pause_failed", error=repr(e))
+            return
+        loop.remove_reader(fd)
+        self._paused = (self._client, fd, callback, args)
+        self.paused_count += 1
+
+    def _resume(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is None:
+            return
+        client, fd, callback, args = paused
+        if client is self._client:  # not for a connection that is gone
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().add_reader(fd, callback, *args)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe and receive until ``stop`` is set; reconnect with backoff."""
@@ -177,9 +248,11 @@ class Transport:
                     b.host, b.port, identifier=self.identifier, protocol=proto,
                     username=b.username, password=password, keepalive=b.keepalive,
                     tls_context=tls, max_inflight_messages=self.max_inflight,
-                    socket_options=NODELAY, timeout=30, **kwargs,
+                    socket_options=NODELAY, timeout=30,
+                    queue_type=lambda maxsize: _CountedQueue(self), **kwargs,
                 ) as client:
                     self._client = client
+                    self._paused = None
                     self.protocol = "5" if proto == aiomqtt.ProtocolVersion.V5 else "3.1.1"
                     versions = [proto]
                     attempt = 0

@@ -199,13 +199,16 @@ def test_registry_picks_up_the_new_kind(site, tmp_path):
                        cwd=site.parent)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    # the external plugin's kind beside the built-ins (core kinds and database sync)
-    assert out["kinds"] == sorted(["data", "hello", "ping", "pong", *SYNC_KINDS])
+    # the external plugin's kind beside the built-ins (core kinds, database sync) and
+    # the kernel's own (the exchange log's witness)
+    assert out["kinds"] == sorted(["data", "hello", "ping", "pong", "log-head",
+                                   "log-witness", *SYNC_KINDS])
     assert out["ordered"] == ["data", "rows", "zero"]
     assert out["suites"] == ["x25519-hkdf-sha256-aes256gcm-ed25519"]
     assert out["module"] == "exnode_hello"
     assert out["replies"] == [["hello", "hello, bob"]]
-    assert out["blocked_kinds"] == sorted(["data", "ping", "pong", *SYNC_KINDS])
+    assert out["blocked_kinds"] == sorted(["data", "ping", "pong", "log-head", "log-witness",
+                                           *SYNC_KINDS])
     assert out["dists"][DIST] == VERSION
     assert "exnode" in out["dists"]
 
@@ -216,7 +219,8 @@ def test_builtins_in_process(tmp_path):
     assert all(i.builtin and i.distribution == "exnode" for i in infos.values()
                if i.name in ("crypto-x25519-aes256gcm", "basic"))
     config = init_bureau(tmp_path / "b9", "b9")
-    assert composed_kinds(config, ["basic", "sync"]) == {}
+    # with both services disabled only the kernel's own kinds are left
+    assert set(composed_kinds(config, ["basic", "sync"])) == {"log-head", "log-witness"}
     kinds = composed_kinds(config, ["basic"])
     assert "rows" in kinds and "ping" not in kinds
     reg = Registry(make_manager(disable=["basic", "sync"]))
