@@ -535,8 +535,8 @@ def log_verify(ctx: click.Context, offline: bool, as_json: bool) -> None:
         except Exception:
             return False
 
-    def fail(problem: str, rows: int = 0) -> NoReturn:
-        data = {"ok": False, "rows": rows, "bad_row": None, "problem": problem}
+    def fail(problem: str, rows: int = 0, bad_row: int | None = None) -> NoReturn:
+        data = {"ok": False, "rows": rows, "bad_row": bad_row, "problem": problem}
         if as_json:
             _out(data, True)
         else:
@@ -571,7 +571,7 @@ def log_verify(ctx: click.Context, offline: bool, as_json: bool) -> None:
         else:
             res = exlog.verify(conn, check_sig, anchors=anchors)
     if not res.ok:
-        fail(res.problem, res.rows)
+        fail(res.problem, res.rows, res.bad_row)
     data = {"ok": True, "rows": res.rows, "bad_row": None, "problem": "",
             "head_file": file_head.id if file_head else None, "witness": witness}
     if as_json:
