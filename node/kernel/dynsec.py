@@ -48,6 +48,13 @@ CENTER_ROLE = "exn-center"
 Publish = Callable[[str, bytes, bool], Awaitable[bool]]
 
 
+def _forget_login(engine: Engine, node_id: str) -> None:
+    from exnode.node.kernel.login import forget
+
+    with engine.begin() as conn:
+        forget(conn, node_id)
+
+
 class DynsecError(ExnodeError):
     """The broker's dynamic-security plugin refused a command or did not answer."""
 
@@ -202,6 +209,7 @@ class BrokerAccess:
         the new password."""
         password = secrets.token_urlsafe(24)
         role = enrol_role(node_id)
+        await self.db(_forget_login, self.engine, node_id)
         async with self._lock:
             await self.command([{"command": "deleteClient", "username": node_id}],
                                ok_errors=("Client not found",))
@@ -212,6 +220,13 @@ class BrokerAccess:
                 "roles": [{"rolename": role}]}])
         log.info("broker_account_created", node=node_id)
         return password
+
+    async def set_password(self, node_id: str, password: str) -> None:
+        """(login rotation) The member's new password; the broker disconnects it, and it
+        logs in again with the new one (node/kernel/login.py)."""
+        async with self._lock:
+            await self.command([{"command": "setClientPassword", "username": node_id,
+                                 "password": password}])
 
     async def _ensure_roles(self, names: list[str],
                             have: dict[str, list[dict[str, Any]]] | None = None) -> None:

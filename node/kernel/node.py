@@ -31,6 +31,7 @@ from exnode.node.kernel.batching import Batcher
 from exnode.node.kernel.directory import Enrolment, Gconf, Members
 from exnode.node.kernel.framing import Reassembler
 from exnode.node.kernel.inbox import BatchResult, Inbox
+from exnode.node.kernel.login import LoginRotation
 from exnode.node.kernel.outbox import Outbox
 from exnode.node.kernel.receipts import Receipts
 from exnode.node.kernel.relay import Relay
@@ -104,6 +105,8 @@ class Node:
                                cfg.delivery.batch_linger_ms)
         self.witness = Witness(cfg, self.engine, self.identity, self.members, self.outbox.log,
                                self.counters)
+        self.login = LoginRotation(cfg, self.engine, self.broker_access.set_password
+                                   if self.broker_access is not None else None, self.spawn)
         self._publishing: asyncio.Task[None] | None = None
         self._reasm = Reassembler(cfg.delivery.max_package_bytes, self._authenticate_chunks)
         self.api = KernelAPI(self)
@@ -149,7 +152,7 @@ class Node:
             if svc is not None:
                 self.pm.register(svc, name=f"service:{type(svc).__module__}")
         self.plugins.collect_kinds(KindSpec)
-        for spec in self.witness.kinds():  # the kernel's own kinds beside the services'
+        for spec in [*self.witness.kinds(), *self.login.kinds()]:  # the kernel's own kinds
             if spec.name in self.plugins.kinds:
                 raise ConfigError(f"package kind '{spec.name}' is the kernel's; a plugin "
                                   "may not register it")
@@ -328,6 +331,11 @@ class Node:
             try:
                 await self.db(self.outbox.expire)
                 await self.db(self.inbox.expire_waiting)
+                if self.broker_access is not None and self.transport.connected.is_set():
+                    approved = [m for m in self.members.current.ids() if m != self.id]
+                    due = await self.db(self.login.due, approved)
+                    if due:
+                        await self.send_many(due)
                 head = await self.db(self.witness.keep_file)
                 if self.witness.due(head, time.time()) and head is not None:
                     await self.send_many([(self.cfg.center_id, LOG_HEAD, "",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import secrets
 import socket
 import ssl
@@ -83,6 +84,49 @@ class _CountedQueue(asyncio.Queue):  # type: ignore[type-arg]
 
 def _size(payload: Any) -> int:
     return len(payload) if isinstance(payload, (bytes, bytearray)) else 0
+
+
+class _Login:
+    """The broker password, and the one that replaces it (``<password_file>.next``,
+    written when the center sends a new one: node/kernel/login.py). Refused with one,
+    the transport tries the other at once; the new one, once it worked, becomes the
+    password file."""
+
+    _REFUSED = {4, 5, 134, 135}  # MQTT 3.1.1 / 5: bad user name or password, not authorized
+
+    def __init__(self, cfg: Config, password: str | None) -> None:
+        from exnode.node.kernel.login import next_password_file
+
+        self.cfg = cfg
+        self.password = password
+        self.next = next_password_file(cfg)
+        self.trying_next = False
+
+    def refused(self, e: BaseException) -> bool:
+        """After a failed connect: whether to try the other password now."""
+        rc = getattr(e, "rc", None)
+        code = getattr(rc, "value", rc)
+        if code not in self._REFUSED or self.next is None:
+            return False
+        if self.trying_next:  # the new one did not work either: back to the file's
+            self.trying_next = False
+            self.password, _tls = broker_credentials(self.cfg)
+            return False
+        try:
+            new = self.next.read_text().strip()
+        except OSError:
+            return False
+        if not new or new == self.password:
+            return False
+        self.password, self.trying_next = new, True
+        return True
+
+    def worked(self) -> None:
+        if self.trying_next and self.next is not None and self.cfg.broker.password_file:
+            with contextlib.suppress(OSError):
+                os.replace(self.next, self.cfg.resolve(self.cfg.broker.password_file))
+                log.info("broker_login_replaced")
+        self.trying_next = False
 
 
 class Transport:
@@ -221,7 +265,9 @@ class Transport:
         attempt = 0
         backoff = 0.5
         password, tls = broker_credentials(self.cfg)
+        login = _Login(self.cfg, password)
         while not stop.is_set():
+            password = login.password
             if len(versions) > 1:
                 versions = await self._probe(versions, password, tls)
                 if len(versions) > 1:
@@ -261,6 +307,7 @@ class Transport:
                     self.connected.set()
                     log.info("broker_connected", host=b.host, port=b.port,
                              protocol=self.protocol)
+                    login.worked()
                     await self.on_connect()
                     async for msg in client.messages:
                         if msg.retain and msg.topic.value in self.live_only:
@@ -277,6 +324,8 @@ class Transport:
                 else:
                     log.warning("broker_unreachable", host=b.host, port=b.port, reason=str(e))
                 attempt += 1
+                if login.refused(e):
+                    continue  # the other password at once (see _Login)
                 await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 15.0)
             finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import json
 import os
 import pwd
 import shutil
@@ -439,3 +440,33 @@ def test_an_enrolment_flood_from_one_id_is_rate_limited(star):
     log = (star.dir("center") / "daemon.log").read_text()
     assert log.count('"event": "enrol_dropped"') <= 2  # counted, not logged one by one
     assert star.status("center")["broker"]["connected"]
+
+
+# --- the token's broker password is replaced once the member is approved --------------------
+
+def test_the_tokens_broker_password_stops_working_once_the_member_is_approved(star):
+    _add_bureau(star, "b3")
+    token = json.loads(star.cli("center", "nodes", "invite", "b3", "--json",
+                                check=True).stdout)["token"]
+    token_pw = idn.parse_token(token)["broker_password"]
+    cfg_path = star.config_path("b3")
+    register_with_token(load_config(cfg_path), cfg_path, token, timeout=20)
+    star.cli("center", "nodes", "approve", "b3", check=True)
+    star.bureaus = (*star.bureaus, "b3")
+    star.start("b3")
+    # the center sends a new password, b3 keeps it, the broker takes it, b3 logs in again
+    wait_until(lambda: _count(star, "b3", "broker_login_replaced") >= 1, 60, 0.2,
+               "b3 to log in with its new broker password")
+    pw = _login(star, "b3")[1]
+    assert pw != token_pw
+    assert not (star.dir("b3") / "broker.password.next").exists()
+    assert "Not authorized" in _refused(star, "b3", token_pw, client_id("b3", star.prefix))
+    star.wait_connected("b3")
+    assert star.call("b3", "POST", "/ping", {"node": "b1", "timeout": 20})["rtt_ms"] > 0
+    # it is done once: a restart of both keeps the new password working
+    star.stop("center")
+    star.start("center")
+    star.stop("b3")
+    star.start("b3")
+    assert star.call("b3", "POST", "/ping", {"node": "center", "timeout": 20})["rtt_ms"] > 0
+    assert _login(star, "b3")[1] == pw

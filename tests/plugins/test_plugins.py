@@ -29,6 +29,8 @@ from ..helpers import init_bureau
 from .building import clean_env, pip_install
 
 SYNC_KINDS = ["rejection", "rows", "verify-req", "verify-res", "zero"]  # built-in sync
+# the kernel's own kinds: the exchange log's witness and the broker login's rotation
+KERNEL_KINDS = ["broker-login", "broker-login-ok", "log-head", "log-witness"]
 DIST, VERSION = "exnode-hello", "1.2.3"
 
 PLUGIN = '''\
@@ -201,13 +203,13 @@ def test_registry_picks_up_the_new_kind(site, tmp_path):
     out = json.loads(r.stdout)
     # the external plugin's kind beside the built-ins (core kinds, database sync) and
     # the kernel's own (the exchange log's witness)
-    assert out["kinds"] == sorted(["data", "hello", "ping", "pong", "log-head",
-                                   "log-witness", *SYNC_KINDS])
+    assert out["kinds"] == sorted(["data", "hello", "ping", "pong", *KERNEL_KINDS,
+                                   *SYNC_KINDS])
     assert out["ordered"] == ["data", "rows", "zero"]
     assert out["suites"] == ["x25519-hkdf-sha256-aes256gcm-ed25519"]
     assert out["module"] == "exnode_hello"
     assert out["replies"] == [["hello", "hello, bob"]]
-    assert out["blocked_kinds"] == sorted(["data", "ping", "pong", "log-head", "log-witness",
+    assert out["blocked_kinds"] == sorted(["data", "ping", "pong", *KERNEL_KINDS,
                                            *SYNC_KINDS])
     assert out["dists"][DIST] == VERSION
     assert "exnode" in out["dists"]
@@ -220,7 +222,7 @@ def test_builtins_in_process(tmp_path):
                if i.name in ("crypto-x25519-aes256gcm", "basic"))
     config = init_bureau(tmp_path / "b9", "b9")
     # with both services disabled only the kernel's own kinds are left
-    assert set(composed_kinds(config, ["basic", "sync"])) == {"log-head", "log-witness"}
+    assert set(composed_kinds(config, ["basic", "sync"])) == set(KERNEL_KINDS)
     kinds = composed_kinds(config, ["basic"])
     assert "rows" in kinds and "ping" not in kinds
     reg = Registry(make_manager(disable=["basic", "sync"]))
