@@ -96,6 +96,7 @@ class DirectoryView(Protocol):
     """Who the members are (from the signed global configuration or the registry)."""
 
     version: int
+    revoked: set[str]
 
     @property
     def valid(self) -> bool: ...

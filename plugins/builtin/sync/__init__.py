@@ -18,10 +18,12 @@ through the hooks below.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import click
+import structlog
 from sqlalchemy import select
 
 from exnode.node.base.config import parse_duration
@@ -33,10 +35,13 @@ from exnode.plugins import hookimpl
 from .apply import Applier
 from .capturing import Capturer
 from .conflicts import Conflicts
+from .forwards import Forwards
 from .quality import Quality
 from .resources import REJECTION, ROWS, VERIFY_REQ, VERIFY_RES, ZERO, Resources
 from .tables import TABLES, conflicts, freshness
 from .verify import Verifier
+
+log = structlog.get_logger("exnode.sync")
 
 
 class SyncService:
@@ -46,7 +51,8 @@ class SyncService:
         self.api = api
         self.res = Resources(api)
         self.quality = Quality(api, self.res)
-        self.applier = Applier(api, self.res, self.quality)
+        self.forwards = Forwards(api)
+        self.applier = Applier(api, self.res, self.quality, self.forwards)
         self.quality.apply_and_forward = self.applier.apply_and_forward
         self.capturer = Capturer(api, self.res, self.quality, self.applier)
         self.verifier = Verifier(api, self.res)
@@ -74,6 +80,19 @@ class SyncService:
             if spec.capture is not None:
                 api.spawn(self.capturer.run_capture(rid), f"capture {rid}")
         api.spawn(self._resume_initial(), "resume initial loads")
+        if api.is_center:
+            api.spawn(self._release_held(), "release held forwards")
+
+    async def _release_held(self) -> None:
+        """Held changes go out once their subscriber is a member again."""
+        while True:
+            try:
+                if await self.api.db(self.forwards.drain):
+                    self.api.wake_outbox()
+                    continue
+            except Exception as e:  # a broken state DB must not end the loop
+                log.error("forwards_release_failed", error=f"{type(e).__name__}: {e}")
+            await asyncio.sleep(2.0)
 
     async def _resume_initial(self) -> None:
         for job in await self.api.db(self.capturer.jobs):
@@ -101,6 +120,8 @@ class SyncService:
             seen = ", ".join(f"{n['node']} {ago(n['last_current'])}" for n in r["nodes"]) \
                 or "no report yet"
             lines.append(f"resource  {r['resource']}: {flag} (last current: {seen})")
+            lines += [f"          held for {h['node']}: {h['packages']} package(s) since "
+                      f"{ago(h['since'])} ({h['reason']})" for h in r.get("held", [])]
         status.add("resources", resources, lines)
 
     def status(self) -> list[dict[str, Any]]:
@@ -111,6 +132,7 @@ class SyncService:
             fresh = [dict(r) for r in conn.execute(select(freshness)).mappings()]
             open_conflicts = conn.execute(select(conflicts.c.resource).where(
                 conflicts.c.status == "open")).scalars().all()
+            held = self.forwards.status(conn) if self.api.is_center else {}
         out = []
         for rid, spec in self.api.config.resources.items():
             limit = parse_duration(spec.freshness) if spec.freshness else None
@@ -128,6 +150,7 @@ class SyncService:
                             limit is not None and not nodes
                             and now - self.api.started > limit),
                         "open_conflicts": sum(1 for r in open_conflicts if r == rid),
+                        "held": held.get(rid, []),
                         "capture": spec.capture.strategy if spec.capture else None,
                         "last_cycle": self.capturer.last_cycle.get(rid)})
         return out

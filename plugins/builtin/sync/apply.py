@@ -20,18 +20,21 @@ from exnode.policies.changes import Change, ChangeBatch
 from exnode.policies.conflict import decide
 
 from .capture import APPLIED_DELETE
+from .forwards import Forwards
 from .quality import Quality
-from .resources import REJECTION, ROWS, Resources, key_text
+from .resources import REJECTION, Resources, key_text
 from .tables import conflicts, freshness, notices, row_origin
 
 log = structlog.get_logger("exnode.sync")
 
 
 class Applier:
-    def __init__(self, api: ServiceAPI, res: Resources, quality: Quality) -> None:
+    def __init__(self, api: ServiceAPI, res: Resources, quality: Quality,
+                 forwards: Forwards) -> None:
         self.api = api
         self.res = res
         self.quality = quality
+        self.forwards = forwards
 
     # --- the one path ------------------------------------------------------------------------
 
@@ -53,8 +56,8 @@ class Applier:
         forward = self.res.forward_to(rid, src) if self.api.is_center and changes else []
         if forward:  # encoded only when someone gets it
             data = encode_batch(ChangeBatch(rid, changes, initial=initial), ad.fields)
-            for dest in forward:
-                self.api.enqueue(conn, dest, ROWS, rid, data)
+            for dest in forward:  # one subscriber's problem never refuses the package
+                self.forwards.send(conn, dest, rid, data)
         self.record_fresh(conn, rid, src, time.time(), changed=True, rows=len(changes))
 
     # --- package handlers ------------------------------------------------------------------

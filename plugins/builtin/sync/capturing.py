@@ -99,13 +99,15 @@ class Capturer:
                 self.res.stop(rid, str(e))
                 return 0
             batch = ChangeBatch(rid, good, checkpoint=batch.checkpoint)
+            data = encode_batch(batch, self.res.adapter(rid).fields) if batch.changes else b""
             for dest in dests:
-                if batch.changes:
-                    self.api.enqueue(conn, dest, ROWS, rid,
-                                           encode_batch(batch, self.res.adapter(rid).fields))
-                else:
+                if batch.changes and self.api.is_center:  # held for a non-member
+                    self.applier.forwards.send(conn, dest, rid, data)
+                elif batch.changes:
+                    self.api.enqueue(conn, dest, ROWS, rid, data)
+                elif not self.api.is_center or self.api.directory.has(dest):
                     self.api.enqueue(conn, dest, ZERO, rid,
-                                           cbor2.dumps({"checked": now}))
+                                     cbor2.dumps({"checked": now}))
             st.commit(batch.checkpoint, conn)
             self.applier.record_fresh(conn, rid, self.api.node_id, now, changed=bool(batch.changes),
                                rows=len(batch.changes))
@@ -226,6 +228,8 @@ class Capturer:
                                             None)
             data = encode_batch(ChangeBatch(rid, good, initial=True), ad.fields)
             for dest in self.res.destinations(rid):
+                if self.api.is_center and not self.api.directory.has(dest):
+                    continue  # not a member now: its initial load is run again for it
                 self.api.enqueue(conn, dest, ROWS, rid, data, extra={"initial": True})
             spec = self.res.spec(rid)
             if spec.capture is not None and spec.capture.strategy == "snapshot":

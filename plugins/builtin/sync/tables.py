@@ -126,4 +126,18 @@ quality_stats = Table(
     Column("by_rule", LargeBinary, nullable=False),  # CBOR {rule: count}
 )
 
+# (center) Changes for a subscriber that is not an approved member now (revoked, not
+# yet approved, unknown): they wait here, in order, and go out once it is. A problem of
+# one subscriber never refuses or blocks the owner's package (issue 9).
+held_forwards = Table(
+    "held_forwards", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dest", String(64), nullable=False),
+    Column("resource", String(128), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Index("ix_held_forwards_dest", "dest", "resource", "id"),
+)
+
 TABLES = StateTables("sync", metadata, Path(__file__).parent / "migrations")

@@ -89,6 +89,7 @@ def test_state_db_from_before_the_service_branches_upgrades_in_place(url):
     with e.begin() as conn:
         conn.execute(text("ALTER TABLE inbox DROP COLUMN expires"))  # came with 0005
         conn.execute(text("DROP TABLE log_witness"))  # came with 0006
+        conn.execute(text("DROP TABLE held_forwards"))  # came with sync's s0002
         conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
         conn.execute(text("INSERT INTO alembic_version VALUES ('0004')"))
         conn.execute(text("INSERT INTO freshness (resource, node, last_current, last_rows) "

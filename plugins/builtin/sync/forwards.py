@@ -1,0 +1,95 @@
+"""(center) Forwarding accepted changes to the subscribers without letting one of them
+stop the others.
+
+A subscriber that is not an approved member right now (revoked, not yet approved, not
+known) does not make the owner's package fail: its changes are held in the state DB
+(``held_forwards``), in order, and go out once it is a member again. While a subscriber
+has changes held for a resource, newer ones queue behind them, so it receives them in
+the order the center accepted them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, func, select
+
+from exnode.node.kernel.api import ServiceAPI
+
+from .resources import ROWS
+from .tables import held_forwards
+
+log = structlog.get_logger("exnode.sync")
+
+DRAIN_BATCH = 200
+
+
+class Forwards:
+    def __init__(self, api: ServiceAPI) -> None:
+        self.api = api
+        self._held: set[tuple[str, str]] | None = None  # (dest, resource) with rows held
+
+    def _keys(self, conn: Connection) -> set[tuple[str, str]]:
+        if self._held is None:
+            self._held = {(d, r) for d, r in conn.execute(
+                select(held_forwards.c.dest, held_forwards.c.resource).distinct())}
+        return self._held
+
+    def send(self, conn: Connection, dest: str, rid: str, data: bytes) -> None:
+        """Queue ``data`` (a rows batch) for ``dest``, or hold it with the reason."""
+        d = self.api.directory
+        held = self._keys(conn)
+        if d.has(dest) and (dest, rid) not in held:
+            self.api.enqueue(conn, dest, ROWS, rid, data)
+            return
+        if not d.has(dest):
+            reason = (f"{dest} is revoked" if dest in d.revoked
+                      else f"{dest} is not an approved member")
+        else:
+            reason = "behind earlier held changes"
+        conn.execute(held_forwards.insert().values(dest=dest, resource=rid, data=data,
+                                                   created=time.time(), reason=reason))
+        if (dest, rid) not in held:
+            log.warning("forward_held", resource=rid, node=dest, reason=reason)
+        held.add((dest, rid))
+
+    def drain(self) -> int:
+        """(state-DB thread) Send held changes, oldest first, to the subscribers that
+        are members again; returns how many went out."""
+        if not self._held and self._held is not None:
+            return 0
+        moved = 0
+        with self.api.state.begin() as conn:
+            keys = sorted(self._keys(conn))
+        for dest, rid in keys:
+            if not self.api.directory.has(dest):
+                continue
+            with self.api.state.begin() as conn:
+                rows = conn.execute(
+                    select(held_forwards.c.id, held_forwards.c.data)
+                    .where(held_forwards.c.dest == dest, held_forwards.c.resource == rid)
+                    .order_by(held_forwards.c.id).limit(DRAIN_BATCH)).all()
+                for r in rows:
+                    self.api.enqueue(conn, dest, ROWS, rid, r.data)
+                if rows:
+                    conn.execute(held_forwards.delete().where(
+                        held_forwards.c.id.in_([r.id for r in rows])))
+            moved += len(rows)
+            if len(rows) < DRAIN_BATCH:
+                assert self._held is not None
+                self._held.discard((dest, rid))
+                log.info("forwards_released", resource=rid, node=dest)
+        return moved
+
+    def status(self, conn: Connection) -> dict[str, list[dict[str, Any]]]:
+        """resource -> the subscribers with changes held, how many, since when, why."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        q = (select(held_forwards.c.resource, held_forwards.c.dest, func.count(),
+                    func.min(held_forwards.c.created), func.min(held_forwards.c.reason))
+             .group_by(held_forwards.c.resource, held_forwards.c.dest))
+        for rid, dest, n, since, reason in conn.execute(q):
+            out.setdefault(rid, []).append({"node": dest, "packages": n, "since": since,
+                                            "reason": reason})
+        return out

@@ -1,0 +1,100 @@
+"""A subscriber's problem never stalls a resource (issue 9): with one subscriber revoked
+and another not enrolled yet, the owner's changes still reach the shared library and
+the other subscribers; what the missing ones should get waits at the center, in order,
+is shown in the status, and goes out once the subscriber is a member.
+
+(On the old code the center refused the owner's package, 'unknown-recipient', after its
+own copy had committed, and every later package waited behind it for good.)
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from exnode.node.tools.cluster import wait_until
+
+SUBSCRIBERS = ("b2", "b3", "b4")
+
+
+def _people(url: str) -> sa.Engine:
+    eng = sa.create_engine(url)
+    md = sa.MetaData()
+    sa.Table("people", md, sa.Column("id", sa.Integer, primary_key=True),
+             sa.Column("name", sa.String(64)))
+    md.create_all(eng)
+    return eng
+
+
+def _count(eng: sa.Engine) -> int:
+    with eng.connect() as c:
+        return c.execute(sa.text("SELECT count(*) FROM people")).scalar_one()
+
+
+def _insert(eng: sa.Engine, ids: range) -> None:
+    with eng.begin() as c:
+        c.execute(sa.text("INSERT INTO people (id, name) VALUES (:i, :n)"),
+                  [{"i": i, "n": f"张三{i}"} for i in ids])
+
+
+def test_a_revoked_and_an_unenrolled_subscriber_stall_nothing(make_star, own_mosquitto,
+                                                               tmp_path):
+    nodes = ("center", "b1", *SUBSCRIBERS)
+    urls = {n: f"sqlite:///{tmp_path / n}.db" for n in nodes}
+    engines = {n: _people(u) for n, u in urls.items()}
+    res = {"database": "db", "table": "people", "key": ["id"]}
+    cap = {"strategy": "snapshot", "schedule": {"every": "1s"}, "chunk_rows": 200}
+    settings = {n: {"databases": {"db": {"url": urls[n]}},
+                    "resources": {"people": dict(res)}} for n in nodes}
+    settings["b1"]["resources"]["people"].update(owner="b1", capture=cap)
+    settings["center"]["resources"]["people"].update(owner="b1",
+                                                     subscribers=list(SUBSCRIBERS))
+    star = make_star(own_mosquitto, bureaus=("b1", "b2", "b3", "b4"), node_settings=settings)
+    try:
+        star.init()
+        star.start("center")
+        for b in ("b1", "b2", "b3"):  # b4 is a subscriber, not enrolled yet
+            star.enrol(b)
+            star.start(b, wait=False)
+        for b in ("b1", "b2", "b3"):
+            star.wait_connected(b)
+
+        _insert(engines["b1"], range(1, 11))
+        wait_until(lambda: all(_count(engines[n]) == 10 for n in ("center", "b2", "b3")),
+                   60, 0.3, "the first 10 rows everywhere")
+
+        # b3 is revoked mid-stream; the owner goes on writing
+        assert star.cli("center", "nodes", "revoke", "b3").returncode == 0
+        _insert(engines["b1"], range(11, 1011))
+        wait_until(lambda: _count(engines["center"]) == 1010 and _count(engines["b2"]) == 1010,
+                   120, 0.5, "the owner's next 1,000 rows at the center and b2")
+        assert _count(engines["b3"]) == 10
+        # nothing of the owner's waits or was refused at the center
+        log = star.cli("center", "log", "--json", "--resource", "people").stdout
+        assert "unknown-recipient" not in log
+        assert star.status("b1")["outbox_pending"] == 0
+        # what b3 and b4 should get waits at the center, with the reason shown
+        held = {h["node"]: h for r in star.status("center")["resources"]
+                if r["resource"] == "people" for h in r["held"]}
+        assert set(held) == {"b3", "b4"}, held
+        assert "revoked" in held["b3"]["reason"]
+        assert "not an approved member" in held["b4"]["reason"]
+        text = star.cli("center", "status").stdout
+        assert "held for b3" in text and "held for b4" in text
+
+        # b4 is enrolled and approved: it gets everything, in order, and nothing is held
+        star.enrol("b4")
+        star.start("b4")
+        wait_until(lambda: _count(engines["b4"]) == 1010, 120, 0.5, "b4 to catch up")
+        with engines["b4"].connect() as c:
+            assert c.execute(sa.text("SELECT name FROM people WHERE id = 1010")).scalar_one() \
+                == "张三1010"
+        wait_until(lambda: not [h for r in star.status("center")["resources"]
+                                for h in r["held"] if h["node"] == "b4"], 30, 0.5,
+                   "nothing held for b4")
+        # and later changes keep flowing to everyone who is a member
+        _insert(engines["b1"], range(1011, 1021))
+        wait_until(lambda: all(_count(engines[n]) == 1020 for n in ("center", "b2", "b4")),
+                   60, 0.3, "the last rows at the members")
+    finally:
+        for e in engines.values():
+            e.dispose()
