@@ -212,10 +212,39 @@ def config_check(ctx: click.Context, as_json: bool) -> None:
                                 base_dir=cfg.base_dir)
             except RuleSpecError as e:
                 raise ConfigError(f"{path}: resources.{rid}.quality: {e}") from None
+    if cfg.node.role == "center" and cfg.resources:
+        problems += _unknown_parties(cfg)
     info = {"config": str(path), "node": cfg.node.id, "role": cfg.node.role, "ok": True,
             "warnings": problems}
     _out(info, as_json, f"{path}: ok ({cfg.node.role} '{cfg.node.id}')"
          + "".join(f"\nwarning: {p}" for p in problems))
+
+
+def _unknown_parties(cfg: Config) -> list[str]:
+    """(center) Owners and subscribers the configuration names that are not approved
+    members in the center's registry (their changes would be held, not sent)."""
+    from sqlalchemy import select
+
+    from exnode.node.kernel.state import members, open_state
+
+    eng = open_state(cfg.state_url)
+    try:
+        with eng.connect() as conn:
+            status = dict(conn.execute(select(members.c.id, members.c.status)).all())
+    finally:
+        eng.dispose()
+    out = []
+    for rid, r in cfg.resources.items():
+        for role, ids in (("owner", [r.owner] if r.owner else []),
+                          ("subscribers", r.subscribers)):
+            for n in ids:
+                if n == cfg.node.id or status.get(n) == "approved":
+                    continue
+                why = f"is {status[n]}" if n in status else "is not a member"
+                out.append(f"resources.{rid}.{role}: '{n}' {why}"
+                           + (" (its changes are held at the center until it is approved)"
+                              if role == "subscribers" else ""))
+    return out
 
 
 @config.command("schema")

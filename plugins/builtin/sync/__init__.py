@@ -81,6 +81,11 @@ class SyncService:
                 api.spawn(self.capturer.run_capture(rid), f"capture {rid}")
         api.spawn(self._resume_initial(), "resume initial loads")
         if api.is_center:
+            members = set(api.directory.ids())
+            for rid, spec in api.config.resources.items():
+                missing = [s for s in spec.subscribers if s not in members]
+                if missing:  # their changes are held until they are members
+                    log.warning("subscribers_not_members", resource=rid, nodes=missing[:20])
             api.spawn(self._release_held(), "release held forwards")
 
     async def _release_held(self) -> None:

@@ -279,3 +279,25 @@ def test_log_verify_names_a_tampered_row(tmp_path):
     line = one_line_error(exnode("-c", str(cfg_path), "log", "verify", cwd=tmp_path), 1,
                           prefix="exchange log FAILED verification: ")
     assert "row 3 " in line
+
+
+def test_config_check_names_owners_and_subscribers_that_are_not_members(tmp_path):
+    ok(exnode("init", "--role", "center", "--id", "center", "--dir", "c", cwd=tmp_path))
+    cfg_path = tmp_path / "c" / "exnode.yaml"
+    eng = open_state(load_config(cfg_path).state_url)
+    try:
+        from exnode.node.kernel import registry
+
+        registry.invite(eng, "center", "b2", 3600, approve=False)  # invited, not approved
+    finally:
+        eng.dispose()
+    with cfg_path.open("a") as f:
+        f.write("databases:\n  db: {url: 'sqlite:///shared.db'}\n"
+                "resources:\n  people:\n    database: db\n    table: people\n"
+                "    key: [id]\n    owner: b1\n    subscribers: [b2, b9]\n")
+    out = json.loads(ok(exnode("-c", str(cfg_path), "config", "check", "--json",
+                               cwd=tmp_path)).stdout)
+    w = "\n".join(out["warnings"])
+    assert "resources.people.owner: 'b1' is not a member" in w
+    assert "resources.people.subscribers: 'b9' is not a member" in w
+    assert "'b2' is" in w and "held at the center" in w
