@@ -325,6 +325,16 @@ class Inbox:
                                    for g in gone])
         return len(gone)
 
+    def _advance(self, conn: Connection, h: envelope.Header) -> None:
+        """An ordered stream has dealt with ``h.seq`` (applied or refused for good)."""
+        if not self._ordered(h):
+            return
+        n = conn.execute(seq_in.update().where(seq_in.c.src == h.src,
+                                               seq_in.c.resource == h.res)
+                         .values(last_seq=h.seq)).rowcount
+        if n == 0:
+            conn.execute(seq_in.insert().values(src=h.src, resource=h.res, last_seq=h.seq))
+
     def _refuse(self, conn: Connection, pkg: envelope.Package, e: PackageError,
                 acks: Acks) -> None:
         h = pkg.header
@@ -364,18 +374,22 @@ class Inbox:
                                     "resource": h.res, "kind": h.kind, "size": len(pkg.wire),
                                     "status": "deferred", "reason": str(e)[:500]}])
             raise _StopOrdered() from None
-        except PackageError as e:
+        except Exception as e:
+            # Refused for good (and acknowledged, so the sender stops): in an ordered
+            # stream the next package must not wait for this one for ever, so the stream
+            # moves past it. The refusal is logged and goes back to the sender.
+            if not isinstance(e, PackageError):  # a poison input, or a bug
+                log.error("package_failed", kind=h.kind, error=type(e).__name__,
+                          authenticated=True)
+                e = PackageError("malformed", f"the package could not be processed "
+                                 f"({type(e).__name__})")
             self._refuse(conn, pkg, e, acks)
+            self._advance(conn, h)
             return
         conn.execute(inbox.insert().values(
             pkg_id=h.id, src=h.src, kind=h.kind, resource=h.res, seq=h.seq, status="applied",
             received_at=time.time(), reason=None, blob=None))
-        if self._ordered(h):
-            n = conn.execute(seq_in.update().where(seq_in.c.src == h.src,
-                                                   seq_in.c.resource == h.res)
-                             .values(last_seq=h.seq)).rowcount
-            if n == 0:
-                conn.execute(seq_in.insert().values(src=h.src, resource=h.res, last_seq=h.seq))
+        self._advance(conn, h)
         self.outbox.log(conn, [{"pkg_id": h.id, "event": "applied", "peer": h.src,
                                 "resource": h.res, "kind": h.kind, "size": len(pkg.wire)}])
         self.counters["applied"] += 1

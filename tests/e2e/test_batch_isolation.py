@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from exnode.node.kernel import envelope
 from exnode.node.tools.cluster import wait_until
 
-from ..helpers import SUITE, craft, identity, members, publish_raw, refusals
+from ..helpers import SUITE, craft, db_rows, identity, members, publish_raw, refusals
 
 
 def signed(star, signer: str, header: envelope.Header, sealed: bytes) -> bytes:
@@ -157,3 +157,25 @@ def test_unauthenticated_chunks_cost_no_memory_and_block_nothing(make_star, own_
     # of the real package itself included: it is never held twice on the way)
     print(f"center RSS {base:.0f} MB -> peak {peak[0]:.0f} MB")
     assert peak[0] - base < 64, f"center RSS grew {peak[0] - base:.0f} MB"
+
+
+def test_a_refused_package_in_an_ordered_stream_does_not_hold_the_next(make_star,
+                                                                        own_mosquitto):
+    """seq 1 of a stream is refused for good (its payload is not a data list); seq 2 and
+    3, sent after the refusal, are applied: the stream moves past a refusal instead of
+    waiting for ever for a package its sender will not send again (issue 9)."""
+    star = make_star(own_mosquitto)
+    star.up()
+    bad = craft(star, src="b1", to="b2", resource="stream", seq=1, payload=cbor2.dumps(7))
+    second = craft(star, src="b1", to="b2", resource="stream", seq=2, items=[b"second"])
+    third = craft(star, src="b1", to="b2", resource="stream", seq=3, items=[b"third"])
+    publish_raw(star.host, star.port, star.topics.inbox("b2"), [bad.wire])
+    wait_until(lambda: bad.header.id in {r[0] for r in refusals(star, "b2")}, 20, 0.2,
+               "seq 1 refused")
+    publish_raw(star.host, star.port, star.topics.inbox("b2"), [second.wire, third.wire])
+    wait_until(lambda: db_rows(star, "b2", "SELECT payload FROM received WHERE "
+                               "resource='stream' ORDER BY seq") ==
+               [(b"second",), (b"third",)], 30, 0.2, "seq 2 and 3 applied")
+    assert bad.header.id in {r[0] for r in refusals(star, "b2")}
+    assert db_rows(star, "b2", "SELECT last_seq FROM seq_in WHERE src='b1' AND "
+                   "resource='stream'") == [(3,)]

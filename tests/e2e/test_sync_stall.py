@@ -98,3 +98,44 @@ def test_a_revoked_and_an_unenrolled_subscriber_stall_nothing(make_star, own_mos
     finally:
         for e in engines.values():
             e.dispose()
+
+
+def test_a_row_the_shared_library_cannot_store_is_quarantined_not_blocking(make_star,
+                                                                            own_mosquitto,
+                                                                            tmp_path, pg_url):
+    """The center's PostgreSQL keeps names of at most 8 characters; one row's name is
+    longer. That row goes to the quarantine with the database's reason; the rows of its
+    package and of every later package are applied and forwarded."""
+    urls = {"b1": f"sqlite:///{tmp_path / 'b1'}.db", "center": pg_url,
+            "b2": f"sqlite:///{tmp_path / 'b2'}.db"}
+    engines = {n: _people(u) for n, u in urls.items() if n != "center"}
+    pg = sa.create_engine(pg_url)
+    with pg.begin() as c:
+        c.execute(sa.text("CREATE TABLE people (id integer PRIMARY KEY, name varchar(8))"))
+    engines["center"] = pg
+    res = {"database": "db", "table": "people", "key": ["id"]}
+    cap = {"strategy": "snapshot", "schedule": {"every": "1s"}, "chunk_rows": 50}
+    settings = {n: {"databases": {"db": {"url": urls[n]}},
+                    "resources": {"people": dict(res)}} for n in urls}
+    settings["b1"]["resources"]["people"].update(owner="b1", capture=cap)
+    settings["center"]["resources"]["people"].update(owner="b1", subscribers=["b2"])
+    star = make_star(own_mosquitto, bureaus=("b1", "b2"), node_settings=settings)
+    try:
+        star.up()
+        with engines["b1"].begin() as c:
+            c.execute(sa.text("INSERT INTO people (id, name) VALUES (:i, :n)"),
+                      [{"i": i, "n": "x" * 20 if i == 7 else f"n{i}"} for i in range(1, 101)])
+        wait_until(lambda: _count(engines["center"]) == 99 and _count(engines["b2"]) == 99,
+                   60, 0.3, "every storable row at the center and b2")
+        q = star.cli("center", "quarantine", "list", "--json")
+        assert q.returncode == 0, q.stderr
+        assert '"apply"' in q.stdout and "too long" in q.stdout, q.stdout
+        # later packages are not held behind it
+        _insert(engines["b1"], range(101, 111))
+        wait_until(lambda: _count(engines["b2"]) == 109, 60, 0.3, "the later rows at b2")
+        assert star.status("b1")["outbox_pending"] == 0
+        log = (star.dir("center") / "daemon.log").read_text()
+        assert '"event": "rows_not_storable"' in log and "xxxxxxxx" not in log
+    finally:
+        for e in engines.values():
+            e.dispose()

@@ -6,13 +6,14 @@ conflicts and quarantine retries all go through :meth:`Applier.apply_and_forward
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import cbor2
 import structlog
 from sqlalchemy import Connection, select
 
-from exnode.adapters.contract import SchemaMismatch
+from exnode.adapters.contract import ApplyError, SchemaMismatch
 from exnode.adapters.rowcodec import decode_batch, encode_batch
 from exnode.node.base.errors import Deferred, ExnodeError, PackageError
 from exnode.node.kernel.api import ApplyContext, ServiceAPI
@@ -51,6 +52,11 @@ class Applier:
             self.res.stop(rid, str(e))
             self.res.reset(rid)  # reflect the table afresh on the next attempt
             raise Deferred("resource-stopped", str(e)) from None
+        except ApplyError as e:
+            if e.transient:  # the database is away: try the package again later
+                self.res.stop(rid, str(e))
+                raise Deferred("database-unavailable", str(e)) from None
+            changes = self._one_by_one(conn, rid, changes, src, pkg_id, initial, ad)
         self.res.errors.pop(rid, None)
         self.record_origins(conn, rid, src, ad, changes)
         forward = self.res.forward_to(rid, src) if self.api.is_center and changes else []
@@ -59,6 +65,30 @@ class Applier:
             for dest in forward:  # one subscriber's problem never refuses the package
                 self.forwards.send(conn, dest, rid, data)
         self.record_fresh(conn, rid, src, time.time(), changed=True, rows=len(changes))
+
+    def _one_by_one(self, conn: Connection, rid: str, changes: list[Change], src: str,
+                    pkg_id: str, initial: bool, ad: Any) -> list[Change]:
+        """The database refused the batch: apply its changes one at a time (each marked
+        with an id made from the package's and its place, so a redelivery is still
+        applied once) and quarantine those it refuses, with its reason. Returns the
+        changes that were applied."""
+        good, refused = [], 0
+        for i, ch in enumerate(changes):
+            try:
+                ad.apply(ChangeBatch(rid, [ch], initial=initial),
+                         str(uuid.uuid5(uuid.NAMESPACE_URL, f"exnode:{pkg_id}/{i}")), src)
+            except ApplyError as e:
+                if e.transient:
+                    self.res.stop(rid, str(e))
+                    raise Deferred("database-unavailable", str(e)) from None
+                reason = str(e).split(": ", 2)[-1]  # the database's own words
+                self.quality.quarantine_unstorable(conn, rid, ch, src, pkg_id, reason)
+                refused += 1
+                continue
+            good.append(ch)
+        if refused:  # no keys or values in the log: they may be personal data
+            log.warning("rows_not_storable", resource=rid, count=refused, pkg_id=pkg_id)
+        return good
 
     # --- package handlers ------------------------------------------------------------------
 

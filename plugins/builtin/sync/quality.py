@@ -137,6 +137,20 @@ class Quality:
         self._stats(conn, rid, stage, len(ups), len(q_rows), by_rule)
         return passed, refused
 
+    def quarantine_unstorable(self, conn: Connection, rid: str, change: Change, src: str,
+                              pkg_id: str | None, reason: str) -> None:
+        """A change this node's database refused (a value it cannot store): kept in the
+        quarantine with the database's reason, like a rule failure, so that it neither
+        blocks the rows behind it nor disappears."""
+        now = time.time()
+        fields = self.res.adapter(rid).fields
+        conn.execute(quarantine.insert().values(
+            resource=rid, key=key_text(change.key), stage="apply", src=src, pkg_id=pkg_id,
+            created=now, updated=now, status="open",
+            violations=cbor2.dumps([["storable", "", reason[:500]]]),
+            row=encode_batch(ChangeBatch(rid, [change]), fields)))
+        self._stats(conn, rid, "apply", 1, 1, {"storable": 1})
+
     def _stats(self, conn: Connection, rid: str, stage: str, checked: int, failed: int,
                by_rule: dict[str, int]) -> None:
         day = dt.date.today().isoformat()
