@@ -63,3 +63,14 @@ class Schedule:
         if self.cron is not None:
             return f"cron {self.cron}"
         return f"every {self.every_s:g}s"
+
+
+def zero_interval(freshness_s: float | None, zero_every_s: float | None = None) -> float:
+    """Seconds between zero-update reports while nothing changes: ``zero_every`` when it
+    is set; else a quarter of the freshness, at most one a minute unless the freshness
+    needs more (then two per freshness period); 60 s when no freshness is set."""
+    if zero_every_s is not None:
+        return zero_every_s
+    if not freshness_s:
+        return 60.0
+    return max(freshness_s / 4, min(60.0, freshness_s / 2))

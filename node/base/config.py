@@ -200,6 +200,11 @@ class CaptureSpec(_Model):
     schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(every="60s"),
                                    description="When to capture.")
     chunk_rows: int = Field(5000, ge=1, le=1_000_000, description="Rows per package.")
+    zero_every: str | None = Field(
+        None, pattern=DURATION_RE, description="How often a cycle that found nothing sends "
+        "a zero-update report (零更新上报). Default: a quarter of the resource's freshness, "
+        "but at most one a minute unless the freshness needs more (then two per freshness "
+        "period); 60s without a freshness.")
 
 
 class ResourceSpec(_Model):

@@ -417,7 +417,8 @@ def test_center_killed_while_applying_large_packages_loses_and_repeats_nothing(s
 # --- 6. zero-update reports and freshness --------------------------------------------------
 
 def test_zero_reports_keep_a_resource_fresh_and_silence_makes_it_stale(sync_env):
-    env = sync_env("snapshot", center_extra={"freshness": "2s"})
+    # b1 knows the freshness too: its zero-update reports come every second (2s / 2)
+    env = sync_env("snapshot", center_extra={"freshness": "2s"}, b1_extra={"freshness": "2s"})
     env.up()
     env.write("b1", env.tables["b1"].insert().values([person(1)]))
     wait_until(lambda: len(env.rows("b2")) == 1, 60, 0.5, "the row at b2")

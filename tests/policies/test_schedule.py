@@ -66,3 +66,24 @@ def test_bad_specs_are_refused_by_the_config() -> None:
         ScheduleSpec(every="1m", cron="* * * * *")
     with pytest.raises(ValueError, match="cron"):
         ScheduleSpec(cron="every five minutes")
+
+
+# --- zero-update reports: rate-limited -------------------------------------------------------
+
+def test_zero_interval_defaults():
+    from exnode.policies.schedule import zero_interval
+
+    assert zero_interval(None) == 60.0  # no freshness: one a minute
+    assert zero_interval(3600.0) == 900.0  # a quarter of the freshness
+    assert zero_interval(120.0) == 60.0  # never more than one a minute...
+    assert zero_interval(2.0) == 1.0  # ...unless the freshness needs it: two per period
+    assert zero_interval(3600.0, 10.0) == 10.0  # what the operator set
+
+
+def test_zero_every_is_a_duration():
+    import pytest
+    from pydantic import ValidationError
+
+    assert CaptureSpec(zero_every="5m").zero_every == "5m"
+    with pytest.raises(ValidationError):
+        CaptureSpec(zero_every="soon")

@@ -21,10 +21,11 @@ import structlog
 from sqlalchemy import select
 
 from exnode.adapters.rowcodec import encode_batch
+from exnode.node.base.config import parse_duration
 from exnode.node.base.errors import ExnodeError, UsageError
 from exnode.node.kernel.api import ServiceAPI
 from exnode.policies.changes import Change, ChangeBatch
-from exnode.policies.schedule import Schedule
+from exnode.policies.schedule import Schedule, zero_interval
 
 from . import capture as cap
 from .apply import Applier
@@ -46,6 +47,7 @@ class Capturer:
         self.applier = applier
         self._strategies: dict[str, Any] = {}
         self.last_cycle: dict[str, float] = {}
+        self._last_zero: dict[str, float] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         res.on_reset.append(self._forget)
 
@@ -71,6 +73,20 @@ class Capturer:
             self._strategies[rid] = st
         return st
 
+    def _zero_due(self, rid: str, now: float) -> bool:
+        """A cycle found nothing: is a zero-update report due (rate-limited, so that an
+        idle resource does not fill the exchange logs)?"""
+        spec = self.res.spec(rid)
+        assert spec.capture is not None
+        every = zero_interval(parse_duration(spec.freshness) if spec.freshness else None,
+                              parse_duration(spec.capture.zero_every)
+                              if spec.capture.zero_every else None)
+        last = self._last_zero.get(rid)
+        if last is not None and now - last < every:
+            return False
+        self._last_zero[rid] = now
+        return True
+
     def capture_cycle(self, rid: str) -> int | None:
         """One capture cycle (state-DB thread). Returns the number of changes sent, or
         None when the cycle could not run yet (it is tried again shortly)."""
@@ -79,7 +95,10 @@ class Capturer:
             self.res.reset(rid)
         spec = self.res.spec(rid)
         assert spec.capture is not None
-        if any(not self.api.directory.has(d) for d in self.res.destinations(rid)):
+        if self.api.is_center:
+            if not self.api.directory.valid():
+                return None  # subscribers that are not members get theirs held
+        elif any(not self.api.directory.has(d) for d in self.res.destinations(rid)):
             return None  # not enrolled yet, or the global configuration has not arrived
         if self._initial_running(rid):
             return None  # the initial load sends every row; capture goes on after it
@@ -100,12 +119,13 @@ class Capturer:
                 return 0
             batch = ChangeBatch(rid, good, checkpoint=batch.checkpoint)
             data = encode_batch(batch, self.res.adapter(rid).fields) if batch.changes else b""
+            zero = not batch.changes and self._zero_due(rid, now)
             for dest in dests:
                 if batch.changes and self.api.is_center:  # held for a non-member
                     self.applier.forwards.send(conn, dest, rid, data)
                 elif batch.changes:
                     self.api.enqueue(conn, dest, ROWS, rid, data)
-                elif not self.api.is_center or self.api.directory.has(dest):
+                elif zero and (not self.api.is_center or self.api.directory.has(dest)):
                     self.api.enqueue(conn, dest, ZERO, rid,
                                      cbor2.dumps({"checked": now}))
             st.commit(batch.checkpoint, conn)
