@@ -463,11 +463,17 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @click.option("--peer")
 @click.option("--resource")
 @click.option("--since", help="e.g. 10m, 2h, 1d, or an ISO date/time.")
+@click.option("--kind", "kinds", multiple=True, help="Only this package kind (rows, zero, "
+              "data, receipt, ...); may be repeated.")
+@click.option("--event", "events", multiple=True, help="Only this event (created, sent, "
+              "applied, refused, relayed, ...); may be repeated.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000_000))
 @click.pass_context
 def log(ctx: click.Context, as_json: bool, peer: str | None, resource: str | None,
-        since: str | None, limit: int) -> None:
-    """The exchange log (交换信息库): newest entries last."""
+        since: str | None, kinds: tuple[str, ...], events: tuple[str, ...],
+        limit: int) -> None:
+    """The exchange log (交换信息库): newest entries last, with short package ids
+    (`log show` takes any unique prefix)."""
     if ctx.invoked_subcommand is not None:
         return
     from sqlalchemy import select
@@ -484,6 +490,10 @@ def log(ctx: click.Context, as_json: bool, peer: str | None, resource: str | Non
         q = q.where(t.c.resource == resource)
     if since:
         q = q.where(t.c.ts >= _since(since))
+    if kinds:
+        q = q.where(t.c.kind.in_(kinds))
+    if events:
+        q = q.where(t.c.event.in_(events))
     q = q.order_by(t.c.id.desc()).limit(limit)
     with eng.connect() as conn:
         rows = [dict(r) for r in conn.execute(q).mappings()][::-1]
@@ -491,7 +501,8 @@ def log(ctx: click.Context, as_json: bool, peer: str | None, resource: str | Non
         r.pop("prev_hash", None)
         r.pop("hash", None)
     ctx.obj.show(rows, as_json, lambda rows: "\n".join(
-        f"{r['id']:>7} {ts(r['ts'])} {r['event']:<9} {r['kind']:<8} {r['peer']:<22} "
+        f"{r['id']:>7} {ts(r['ts'])} {(r['pkg_id'] or '-')[:8]:<8} {r['event']:<9} "
+        f"{r['kind']:<8} {r['peer']:<22} "
         f"{r['resource'] or '-':<14} {r['size']:>9} {r['status']}"
         + (f"  {r['reason']}" if r["reason"] else "") for r in rows))
 
@@ -509,6 +520,7 @@ def log_show(ctx: click.Context, pkg_id: str, as_json: bool) -> None:
     cfg = ctx.obj.config()
     eng = open_state(cfg.state_url)
     with eng.connect() as conn:
+        pkg_id = _unique_package(conn, pkg_id)
         rows = [dict(r) for r in conn.execute(
             select(exchange_log).where(exchange_log.c.pkg_id == pkg_id)
             .order_by(exchange_log.c.id)).mappings()]
@@ -523,6 +535,28 @@ def log_show(ctx: click.Context, pkg_id: str, as_json: bool) -> None:
                                                            "status", "reason")} for r in rows],
             "outbox": dict(ob) if ob else None, "inbox": dict(ib) if ib else None}
     ctx.obj.show(data, as_json, _trace_text)
+
+
+def _unique_package(conn: Any, prefix: str) -> str:
+    """The one package id that starts with ``prefix`` (a whole id is taken as it is)."""
+    from sqlalchemy import select
+
+    from exnode.node.kernel.state import exchange_log, inbox, outbox
+
+    p = prefix.strip().lower()
+    if len(p) == 36 or not p:
+        return p
+    if len(p) < 4 or any(c not in "0123456789abcdef-" for c in p):
+        raise UsageError(f"'{prefix}': give at least 4 characters of a package id")
+    found: set[str] = set()
+    for t in (exchange_log, outbox, inbox):
+        found |= set(conn.execute(select(t.c.pkg_id).where(t.c.pkg_id.like(p + "%"))
+                                  .distinct().limit(5)).scalars())
+    found.discard("")
+    if len(found) > 1:
+        raise UsageError(f"'{prefix}' matches {len(found)} packages "
+                         f"({', '.join(sorted(found)[:3])}, ...); give more of the id")
+    return found.pop() if found else p
 
 
 def _trace_text(d: dict[str, Any]) -> str:

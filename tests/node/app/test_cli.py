@@ -301,3 +301,39 @@ def test_config_check_names_owners_and_subscribers_that_are_not_members(tmp_path
     assert "resources.people.owner: 'b1' is not a member" in w
     assert "resources.people.subscribers: 'b9' is not a member" in w
     assert "'b2' is" in w and "held at the center" in w
+
+
+def test_log_filters_by_kind_and_event_and_show_takes_a_unique_prefix(tmp_path):
+    ok(exnode("init", "--role", "center", "--id", "center", "--dir", "c", cwd=tmp_path))
+    cfg_path = tmp_path / "c" / "exnode.yaml"
+    cfg = load_config(cfg_path)
+    ident = idn.Identity(cfg.node.id, cfg.keys_dir)
+    eng = open_state(cfg.state_url)
+    ids = ["0195f3c1-aaaa-7c4b-8a8e-000000000001", "0195f3c1-aaab-7c4b-8a8e-000000000002",
+           "0195f3c2-bbbb-7c4b-8a8e-000000000003"]
+    try:
+        with eng.begin() as conn:
+            exlog.append(conn, [
+                {"pkg_id": ids[0], "event": "applied", "peer": "b1", "kind": "rows"},
+                {"pkg_id": ids[1], "event": "applied", "peer": "b1", "kind": "zero"},
+                {"pkg_id": ids[2], "event": "refused", "peer": "b2", "kind": "rows"}],
+                ident.sign)
+    finally:
+        eng.dispose()
+
+    def log(*args: str) -> list[dict]:
+        return json.loads(ok(exnode("-c", str(cfg_path), "log", "--json", *args,
+                                    cwd=tmp_path)).stdout)
+
+    assert [r["pkg_id"] for r in log("--kind", "rows")] == [ids[0], ids[2]]
+    assert [r["pkg_id"] for r in log("--event", "refused")] == [ids[2]]
+    assert [r["pkg_id"] for r in log("--kind", "rows", "--event", "applied")] == [ids[0]]
+    text = ok(exnode("-c", str(cfg_path), "log", cwd=tmp_path)).stdout
+    assert "0195f3c2 " in text  # the short id
+    shown = json.loads(ok(exnode("-c", str(cfg_path), "log", "show", "0195f3c2", "--json",
+                                 cwd=tmp_path)).stdout)
+    assert shown["pkg_id"] == ids[2] and shown["trace"][0]["event"] == "refused"
+    r = exnode("-c", str(cfg_path), "log", "show", "0195f3c1", cwd=tmp_path)
+    assert r.returncode != 0 and "matches 2 packages" in one_line_error(r, r.returncode)
+    r = exnode("-c", str(cfg_path), "log", "show", "zz", cwd=tmp_path)
+    assert r.returncode != 0 and "at least 4 characters" in one_line_error(r, r.returncode)
