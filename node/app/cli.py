@@ -195,6 +195,17 @@ def config_check(ctx: click.Context, as_json: bool) -> None:
     for p in cfg.keys_dir.glob("*.key") if cfg.keys_dir.exists() else []:
         if p.stat().st_mode & 0o077:
             problems.append(f"{p} is readable by others (chmod 600 {p})")
+    from exnode.node.kernel.transport import broker_credentials
+
+    try:  # the files only: nothing is connected to
+        broker_credentials(cfg)
+    except ConfigError as e:
+        problems.append(str(e).removeprefix(f"{cfg.source}: "))
+    if cfg.broker.password_file:
+        pw = cfg.resolve(cfg.broker.password_file)
+        if pw.exists() and pw.stat().st_mode & 0o077:
+            problems.append(f"broker.password_file: {pw} is readable by others "
+                            f"(chmod 600 {pw})")
     if cfg.node.role == "bureau" and not (cfg.keys_dir / "ca.crt").exists():
         problems.append("not registered with a center yet (run 'exnode register TOKEN')")
     if any(r.quality for r in cfg.resources.values()):

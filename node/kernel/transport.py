@@ -16,6 +16,7 @@ import secrets
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Collection, Iterable
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -32,23 +33,38 @@ NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 
 def broker_credentials(cfg: Config) -> tuple[str | None, ssl.SSLContext | None]:
-    """The broker password (from its file) and TLS context that the config asks for."""
+    """The broker password (from its file) and TLS context that the config asks for;
+    a ``ConfigError`` naming the setting and the file when one cannot be read."""
     b = cfg.broker
-    try:
-        password = cfg.resolve(b.password_file).read_text().strip() if b.password_file else None
-        tls = None
-        if b.tls is not None:
-            tls = ssl.create_default_context(cafile=str(cfg.resolve(b.tls.ca)))
-            if b.tls.cert:
-                tls.load_cert_chain(str(cfg.resolve(b.tls.cert)),
-                                    str(cfg.resolve(b.tls.key)) if b.tls.key else None)
-            if b.tls.insecure:
-                tls.check_hostname = False
-    except OSError as e:
-        raise ConfigError(f"{cfg.source}: broker credentials: {e.strerror}: "
-                          f"{e.filename}") from None
-    except ValueError as e:  # ssl.SSLError is an OSError; bad PEM data is a ValueError
-        raise ConfigError(f"{cfg.source}: broker TLS files: {e}") from None
+
+    def readable(setting: str, value: str) -> Path:
+        path = cfg.resolve(value)
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"{cfg.source}: {setting}: cannot read {path}: "
+                              f"{e.strerror}") from None
+        return path
+
+    password = None
+    if b.password_file:
+        password = readable("broker.password_file", b.password_file).read_text().strip()
+    tls = None
+    if b.tls is not None:
+        ca = readable("broker.tls.ca", b.tls.ca)
+        cert = readable("broker.tls.cert", b.tls.cert) if b.tls.cert else None
+        key = readable("broker.tls.key", b.tls.key) if b.tls.key else None
+        try:
+            tls = ssl.create_default_context(cafile=str(ca))
+            if cert is not None:
+                tls.load_cert_chain(str(cert), str(key) if key else None)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise ConfigError(f"{cfg.source}: broker.tls: the certificate files are not "
+                              f"usable ({ca}{', ' + str(cert) if cert else ''}): "
+                              f"{getattr(e, 'reason', None) or e}") from None
+        if b.tls.insecure:
+            tls.check_hostname = False
     return password, tls
 
 

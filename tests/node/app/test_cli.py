@@ -337,3 +337,22 @@ def test_log_filters_by_kind_and_event_and_show_takes_a_unique_prefix(tmp_path):
     assert r.returncode != 0 and "matches 2 packages" in one_line_error(r, r.returncode)
     r = exnode("-c", str(cfg_path), "log", "show", "zz", cwd=tmp_path)
     assert r.returncode != 0 and "at least 4 characters" in one_line_error(r, r.returncode)
+
+
+def test_config_check_names_unreadable_broker_files_and_open_password_files(tmp_path):
+    ok(exnode("init", "--role", "bureau", "--id", "b1", "--dir", "n", cwd=tmp_path))
+    cfg_path = tmp_path / "n" / "exnode.yaml"
+    pw = tmp_path / "n" / "broker.password"
+    pw.write_text("secret\n")
+    pw.chmod(0o644)
+    text = cfg_path.read_text().replace(
+        "  # tls:\n  #   ca: /etc/exnode/broker-ca.pem\n",
+        "  tls:\n    ca: /nonexistent/ca.pem\n")
+    text = text.replace("  # password_file: broker.password", "  password_file: broker.password")
+    cfg_path.write_text(text)
+    out = json.loads(ok(exnode("-c", str(cfg_path), "config", "check", "--json",
+                               cwd=tmp_path)).stdout)
+    w = "\n".join(out["warnings"])
+    assert "broker.tls.ca: cannot read /nonexistent/ca.pem: No such file or directory" in w
+    assert f"broker.password_file: {pw} is readable by others" in w
+    assert "None" not in w
