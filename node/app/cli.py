@@ -334,6 +334,11 @@ def register(ctx: click.Context, token: str, timeout: float, as_json: bool) -> N
            "pending": f"registered with center '{res['center']}'; awaiting approval "
            f"(on the center: exnode nodes approve {cfg.node.id})"}.get(
         res["status"], f"enrolment status: {res['status']}")
+    if res["status"] not in ("approved", "pending"):  # revoked, rejected: not a member
+        if as_json:
+            _out(res, True)
+        raise ExnodeError(f"the center answered '{res['status']}': this node is not a member "
+                          "(ask the center's operator)")
     _out(res, as_json, msg)
 
 

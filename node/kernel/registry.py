@@ -48,6 +48,9 @@ def invite(engine: Engine, ident_id: str, node_id: str, ttl_s: float, approve: b
         m = conn.execute(select(members.c.status).where(members.c.id == node_id)).scalar()
         if m in ("approved", "pending"):
             raise UsageError(f"node '{node_id}' is already a member ({m})")
+        if m == "revoked":  # revocation is final for an id: its packages stay refused
+            raise UsageError(f"node '{node_id}' was revoked; a revoked id is not enrolled "
+                             "again (give the bureau a new node id)")
         conn.execute(invites.delete().where(invites.c.node_id == node_id))
         conn.execute(invites.insert().values(
             node_id=node_id, secret=secret, approve=int(approve),

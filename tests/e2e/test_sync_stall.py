@@ -72,14 +72,20 @@ def test_a_revoked_and_an_unenrolled_subscriber_stall_nothing(make_star, own_mos
         log = star.cli("center", "log", "--json", "--resource", "people").stdout
         assert "unknown-recipient" not in log
         assert star.status("b1")["outbox_pending"] == 0
-        # what b3 and b4 should get waits at the center, with the reason shown
-        held = {h["node"]: h for r in star.status("center")["resources"]
-                if r["resource"] == "people" for h in r["held"]}
-        assert set(held) == {"b3", "b4"}, held
-        assert "revoked" in held["b3"]["reason"]
+        # what b4 should get waits at the center; what revoked b3 would get is dropped
+        # (a revoked id is never enrolled again): both shown with the reason
+        people = next(r for r in star.status("center")["resources"]
+                      if r["resource"] == "people")
+        held = {h["node"]: h for h in people["held"]}
+        assert set(held) == {"b4"}, held
         assert "not an approved member" in held["b4"]["reason"]
+        dropped = {x["node"]: x for x in people["dropped"]}
+        assert set(dropped) == {"b3"} and dropped["b3"]["packages"] >= 1, dropped
+        assert "revoked" in dropped["b3"]["reason"]
         text = star.cli("center", "status").stdout
-        assert "held for b3" in text and "held for b4" in text
+        assert "held for b4" in text and "dropped for b3" in text
+        r = star.cli("center", "nodes", "invite", "b3")
+        assert r.returncode != 0 and "revoked id is not enrolled again" in r.stderr
 
         # b4 is enrolled and approved: it gets everything, in order, and nothing is held
         star.enrol("b4")

@@ -127,6 +127,8 @@ class SyncService:
             lines.append(f"resource  {r['resource']}: {flag} (last current: {seen})")
             lines += [f"          held for {h['node']}: {h['packages']} package(s) since "
                       f"{ago(h['since'])} ({h['reason']})" for h in r.get("held", [])]
+            lines += [f"          dropped for {x['node']}: {x['packages']} package(s) "
+                      f"({x['reason']})" for x in r.get("dropped", [])]
         status.add("resources", resources, lines)
 
     def status(self) -> list[dict[str, Any]]:
@@ -156,6 +158,11 @@ class SyncService:
                             and now - self.api.started > limit),
                         "open_conflicts": sum(1 for r in open_conflicts if r == rid),
                         "held": held.get(rid, []),
+                        "dropped": [{"node": d, "packages": n,
+                                     "reason": f"{d} is revoked; remove it from the "
+                                               "subscribers"}
+                                    for (d, r), n in sorted(self.forwards.dropped.items())
+                                    if r == rid],
                         "capture": spec.capture.strategy if spec.capture else None,
                         "last_cycle": self.capturer.last_cycle.get(rid)})
         return out

@@ -1,11 +1,12 @@
 """(center) Forwarding accepted changes to the subscribers without letting one of them
 stop the others.
 
-A subscriber that is not an approved member right now (revoked, not yet approved, not
-known) does not make the owner's package fail: its changes are held in the state DB
-(``held_forwards``), in order, and go out once it is a member again. While a subscriber
-has changes held for a resource, newer ones queue behind them, so it receives them in
-the order the center accepted them.
+A subscriber that is not an approved member right now (not yet approved, not known)
+does not make the owner's package fail: its changes are held in the state DB
+(``held_forwards``), in order, and go out once it is a member. While a subscriber has
+changes held for a resource, newer ones queue behind them, so it receives them in the
+order the center accepted them. A revoked subscriber never comes back (an id is not
+enrolled again), so its changes are dropped, counted and shown instead of piling up.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Forwards:
     def __init__(self, api: ServiceAPI) -> None:
         self.api = api
         self._held: set[tuple[str, str]] | None = None  # (dest, resource) with rows held
+        self.dropped: dict[tuple[str, str], int] = {}  # (revoked dest, resource) -> count
 
     def _keys(self, conn: Connection) -> set[tuple[str, str]]:
         if self._held is None:
@@ -44,9 +46,15 @@ class Forwards:
         if d.has(dest) and (dest, rid) not in held:
             self.api.enqueue(conn, dest, ROWS, rid, data)
             return
+        if dest in d.revoked:
+            n = self.dropped.get((dest, rid), 0)
+            if n == 0:
+                log.warning("forward_dropped", resource=rid, node=dest,
+                            reason=f"{dest} is revoked; remove it from the subscribers")
+            self.dropped[(dest, rid)] = n + 1
+            return
         if not d.has(dest):
-            reason = (f"{dest} is revoked" if dest in d.revoked
-                      else f"{dest} is not an approved member")
+            reason = f"{dest} is not an approved member"
         else:
             reason = "behind earlier held changes"
         conn.execute(held_forwards.insert().values(dest=dest, resource=rid, data=data,
