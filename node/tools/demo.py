@@ -29,9 +29,14 @@ def _step(msg: str, quiet: bool) -> None:
         click.echo(f"• {msg}", err=True)
 
 
+def _interrupt(_sig: int, _frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the demo like Ctrl-C: everything it started
+
+
 def run_demo(keep_running: bool = False, directory: str | None = None,
              as_json: bool = False) -> int:
     t0 = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="exnode-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()

@@ -102,6 +102,31 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+def test_sigterm_to_a_kept_running_demo_stops_everything_it_started(tmp_path):
+    import signal
+
+    d = tmp_path / "kept"
+    p = subprocess.Popen([sys.executable, "-m", "exnode.node", "demo", "--keep-running",
+                          "--dir", str(d)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    try:
+        assert p.stdout is not None
+        for line in p.stdout:  # wait until it says it keeps running
+            if "Press Ctrl-C to stop" in line:
+                break
+        else:
+            raise AssertionError("the demo ended before keeping its star running")
+        started = _pids_mentioning(str(d))
+        assert len(started) >= 3, started  # three daemons (and the broker's children)
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    time.sleep(0.5)
+    assert _pids_mentioning(str(d)) == set(), "daemons left running after SIGTERM"
+
+
 def _pids_mentioning(text: str) -> set[int]:
     pids = set()
     for p in os.listdir("/proc"):
