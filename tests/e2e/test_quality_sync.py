@@ -111,6 +111,14 @@ def test_rules_at_owner_and_center_quarantine_notice_and_retry(star):
     crep = json.loads(star.cli("center", "quality", "report", "people", "--json").stdout)
     assert crep["per_rule"] == {"range": 1} and crep["quarantine_open"] == 1
 
+    # 'quarantine show' masks the ID number in the row as in the reason (--reveal shows it)
+    bad_id = bad_at_owner[2]
+    for args in (("--json",), ()):
+        shown = star.cli("b1", "quarantine", "show", str(q[0]["id"]), *args)
+        assert shown.returncode == 0 and bad_id not in shown.stdout, shown.stdout
+        assert bad_id[:6] in shown.stdout and "citizen_id" in shown.stdout
+    revealed = star.cli("b1", "quarantine", "show", str(q[0]["id"]), "--reveal", "--json")
+    assert json.loads(revealed.stdout)["row"]["citizen_id"] == bad_id
     # retrying before the fix fails and says why
     r = star.cli("b1", "quarantine", "retry", str(q[0]["id"]))
     assert r.returncode == 1 and "citizen_id" in r.stdout

@@ -240,11 +240,20 @@ def quarantine_list(obj: CommandContext, resource: str | None, show_all: bool,
 
 @quarantine.command("show")
 @click.argument("qid", type=int)
+@click.option("--reveal", is_flag=True, help="Show ID numbers in the row unmasked (to fix "
+              "the source); by default they are masked like in the reasons.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def quarantine_show(obj: CommandContext, qid: int, as_json: bool) -> None:
+def quarantine_show(obj: CommandContext, qid: int, reveal: bool, as_json: bool) -> None:
     """One quarantined row and why."""
-    obj.show(obj.call("GET", f"/quarantine/{qid}"), as_json, lambda r: "\n".join([
+    from exnode.policies.quality import scrub_ids
+
+    r = obj.call("GET", f"/quarantine/{qid}")
+    if not reveal:  # the reasons mask ID numbers; the row below them must not show them
+        r["key"] = scrub_ids(str(r["key"]))
+        r["row"] = {k: scrub_ids(v) if isinstance(v, str) else v
+                    for k, v in (r["row"] or {}).items()} if r["row"] is not None else None
+    obj.show(r, as_json, lambda r: "\n".join([
         f"quarantined row {r['id']}: {r['resource']} key {r['key']} ({r['stage']}, "
         f"from {r['src']}, {r['status']})",
         *(f"  {v['rule']}({v['field']}): {v['reason']}" for v in r["violations"]),
