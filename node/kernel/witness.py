@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import time
 from collections.abc import Callable
@@ -72,16 +71,9 @@ def read_head_file(path: Path) -> exlog.Head | None:
 
 
 def write_head_file(path: Path, head: exlog.Head) -> None:
-    """Replace the file atomically (0600), only ever with a higher head."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, cbor2.dumps({"id": head.id, "hash": head.hash, "sig": head.sig,
-                                  "ts": time.time()}))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Replace the file atomically (0600); the caller writes only a higher head."""
+    idn.write_private(path, cbor2.dumps({"id": head.id, "hash": head.hash, "sig": head.sig,
+                                         "ts": time.time()}))
 
 
 def _parse_head(d: Any) -> exlog.Head:

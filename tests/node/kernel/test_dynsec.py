@@ -12,7 +12,7 @@ import pytest
 
 from exnode.node.kernel import dynsec, registry
 from exnode.node.kernel import identity as idn
-from exnode.node.kernel.state import members, open_state
+from exnode.node.kernel.state import members
 from exnode.node.kernel.topics import Topics
 from exnode.node.kernel.transport import client_id
 
@@ -76,18 +76,6 @@ class FakePlugin:
         asyncio.get_running_loop().call_soon(self.access.received,
                                              json.dumps(answer).encode())
         return True
-
-
-@pytest.fixture
-def center(tmp_path):
-    keys = tmp_path / "keys"
-    idn.generate_node_keys(keys)
-    idn.create_ca(keys, "center")
-    ident = idn.Identity("center", keys)
-    eng = open_state(f"sqlite:///{tmp_path / 'state.db'}")
-    registry.ensure_self(eng, ident)
-    yield eng, ident
-    eng.dispose()
 
 
 def run(eng, fn) -> None:

@@ -15,19 +15,7 @@ from exnode.node.kernel import identity as idn
 from exnode.node.kernel import registry
 from exnode.node.kernel.directory import RateLimit
 from exnode.node.kernel.enrol import update_config_file
-from exnode.node.kernel.state import invites, open_state
-
-
-@pytest.fixture
-def center(tmp_path):
-    keys = tmp_path / "keys"
-    idn.generate_node_keys(keys)
-    idn.create_ca(keys, "center")
-    ident = idn.Identity("center", keys)
-    eng = open_state(f"sqlite:///{tmp_path / 'state.db'}")
-    registry.ensure_self(eng, ident)
-    yield eng, ident
-    eng.dispose()
+from exnode.node.kernel.state import invites
 
 
 def request(secret: bytes, node: str = "b1", keys: tuple[bytes, bytes] | None = None) -> dict:
