@@ -82,8 +82,12 @@ class Reassembler:
 
     def __init__(self, max_bytes: int, authenticate: Authenticate,
                  max_pending_bytes: int | None = None, max_pending_packages: int = 64,
-                 timeout_s: float = 600.0) -> None:
+                 timeout_s: float = 600.0, skip: Callable[[str], bool] | None = None) -> None:
         self.max_bytes = max_bytes
+        # a package this says it would drop anyway (the center's relay of a copy still
+        # on its way) is not put together again: its chunks are only authenticated
+        self.skip = skip
+        self.skipped = 0
         self.authenticate = authenticate
         self.max_pending = max_pending_bytes or 2 * max_bytes
         self.max_packages = max_pending_packages
@@ -122,6 +126,9 @@ class Reassembler:
         if entry is None or entry.claim != claim:
             # nothing is kept before the claim is authenticated
             self.authenticate(by, sig, claim_bytes(pkg_id, count, digest))
+            if entry is None and self.skip is not None and self.skip(pkg_id):
+                self.skipped += 1
+                return None
             if entry is not None:
                 self._drop(pkg_id)
                 raise PackageError("malformed", "chunks of one package disagree")

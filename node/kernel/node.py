@@ -76,8 +76,8 @@ class Node:
                              lambda kind: kind in self.plugins.ordered, self.counters)
         self.receipts = Receipts(cfg, self.identity, suite, self.suites, self.members,
                                  self.outbox.log, self.counters)
-        relay = Relay(self.id, self.members, self.topics, self.outbox.log, self.counters,
-                      self.plugins.kinds)
+        self.relay = relay = Relay(self.id, self.members, self.topics, self.outbox.log,
+                                   self.counters, self.plugins.kinds)
         self.inbox = Inbox(cfg, self.engine, self.identity, self.suites,
                            self.plugins.kinds, self.members, self.outbox, self.receipts,
                            relay, self.topics, self.counters)
@@ -108,7 +108,8 @@ class Node:
         self.login = LoginRotation(cfg, self.engine, self.broker_access.set_password
                                    if self.broker_access is not None else None, self.spawn)
         self._publishing: asyncio.Task[None] | None = None
-        self._reasm = Reassembler(cfg.delivery.max_package_bytes, self._authenticate_chunks)
+        self._reasm = Reassembler(cfg.delivery.max_package_bytes, self._authenticate_chunks,
+                                  skip=relay.holds if self.is_center else None)
         self.api = KernelAPI(self)
 
     # --- small helpers ---------------------------------------------------------------------
@@ -320,6 +321,8 @@ class Node:
             await self.outbox.publish(self.transport, publishes)
         except Exception as e:
             log.error("publish_failed", error=f"{type(e).__name__}: {e}")
+        finally:
+            self.relay.sent([pkg_id for _topic, _wire, pkg_id in publishes])
 
     async def _periodic(self) -> None:
         refresh = self.cfg.gconf.refresh_h * 3600

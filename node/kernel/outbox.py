@@ -193,6 +193,14 @@ class Outbox:
                              "reason": "no receipt before the package expired"}
                             for e in expired])
 
+    def postpone(self, pkg_ids: list[str], seconds: float) -> None:
+        """Move the next republish of these packages ``seconds`` later."""
+        with self.engine.begin() as conn:
+            for i in range(0, len(pkg_ids), 200):
+                conn.execute(outbox.update().where(outbox.c.pkg_id.in_(pkg_ids[i:i + 200]),
+                                                   outbox.c.status == "pending")
+                             .values(next_attempt=outbox.c.next_attempt + seconds))
+
     def retry_soon(self, pkg_ids: list[str]) -> None:
         """Publishing failed (the connection dropped): try these again shortly."""
         with self.engine.begin() as conn:
@@ -244,10 +252,18 @@ class Outbox:
             self.wake.clear()  # before looking, so a wake-up during the look is not lost
             rows = await db(self.due, 512)
             if rows:
+                started = time.monotonic()
                 ok = await self.publish(transport, [(topic_for(r["dest"]), r["blob"],
                                                      r["pkg_id"]) for r in rows])
+                took = time.monotonic() - started
                 failed = [r["pkg_id"] for r, good in zip(rows, ok, strict=True) if not good]
                 self.counters["published"] += len(rows) - len(failed)
+                if took > 0.25 and len(failed) < len(rows):
+                    # the retry clock started when the batch was claimed; a large batch
+                    # needs about as long again on its way on from the center before a
+                    # receipt can come, so its retry waits for both
+                    await db(self.postpone, [r["pkg_id"] for r, good
+                                             in zip(rows, ok, strict=True) if good], 2 * took)
                 if failed:
                     await db(self.retry_soon, failed)
                     await asyncio.sleep(0.5)

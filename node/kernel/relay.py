@@ -58,6 +58,10 @@ class Relay:
         self.kinds = kinds
         # pkg id -> (when it may be relayed again, the gap after that, its expiry)
         self._recent: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
+        # relays being published now (pkg id -> how many publishes are left); the gap of
+        # a repeat starts when they are out, so a large package is not taken in again
+        # while the first copy is still on its way
+        self._sending: dict[str, int] = {}
         self.topics = topics
         self.log = log
         self.counters = counters
@@ -78,6 +82,29 @@ class Relay:
         self._recent[h.id] = (now + gap, gap, expires)
         self._recent.move_to_end(h.id)
         return False
+
+    def sent(self, pkg_ids: list[str]) -> None:
+        """The publishes of these relays are out (or failed): a repeat's gap starts now."""
+        now = time.monotonic()
+        for pid in pkg_ids:
+            left = self._sending.get(pid)
+            if left is None:
+                continue
+            if left > 1:
+                self._sending[pid] = left - 1
+                continue
+            del self._sending[pid]
+            seen = self._recent.get(pid)
+            if seen is not None:
+                self._recent[pid] = (now + seen[1], seen[1], seen[2])
+
+    def holds(self, pkg_id: str) -> bool:
+        """Whether a copy of ``pkg_id`` arriving now would be dropped as a repeat (it is
+        being relayed, or was moments ago): then its chunks need not be put together."""
+        if pkg_id in self._sending:
+            return True
+        seen = self._recent.get(pkg_id)
+        return seen is not None and time.monotonic() < seen[0]
 
     def forward(self, conn: Connection, pkg: envelope.Package) -> list[tuple[str, bytes, str]]:
         """The publishes (topic, wire, id) that forward ``pkg`` to its other recipients;
@@ -107,4 +134,6 @@ class Relay:
                          "resource": h.res, "kind": h.kind, "size": len(pkg.wire)}
                         for r in targets])
         self.counters["relayed"] += len(targets)
+        if self.id not in h.rcpt:
+            self._sending[h.id] = self._sending.get(h.id, 0) + len(targets)
         return [(self.topics.inbox(r), pkg.wire, h.id) for r in targets]

@@ -151,7 +151,8 @@ class Status:
             "peers": prs, "counters": {**n.counters, "inbound_dropped": t.dropped,
                                        "retained_dropped": t.retained_dropped},
             "receiving": {"queued_bytes": t.queued, "reassembly_held_bytes": n._reasm.held,
-                          "reassembly_evicted": n._reasm.evicted},
+                          "reassembly_evicted": n._reasm.evicted,
+                          "repeat_chunks_skipped": n._reasm.skipped},
             "last_error": t.last_error or n.gconf.last_error
             or (n.broker_access.last_error if n.broker_access is not None else ""),
         })

@@ -299,3 +299,40 @@ GARBAGE = {
 def test_garbage_frames_are_refused(frame):
     r = Reassembler_(1 << 20)
     assert refused(r, frame).reason == "malformed"
+
+
+def test_a_copy_the_relay_would_drop_is_not_put_together_again() -> None:
+    """The center's relay of a large package is still going out when the sender's retry
+    comes in: its chunks are authenticated and let go, nothing is held (issue 8, the
+    flood bound); once the relay no longer holds the id, a copy is taken in again."""
+    wire = MAGIC + rand(50_000)
+    holding = {PKG_ID}
+    r = Reassembler_(1 << 20, skip=lambda p: p in holding)
+    fs = frames(PKG_ID, wire, 4096)
+    assert all(r.feed(f) is None for f in fs)
+    assert r.held == 0 and r.skipped == len(fs)
+    holding.clear()
+    assert [r.feed(f) for f in fs][-1] == wire
+    # a forged claim is refused before the skip is asked
+    bad = chunk(PKG_ID, 0, 2, hashlib.sha256(b"x").digest(), b"x", node="mallory")
+    holding.add(PKG_ID)
+    with pytest.raises(PackageError):
+        r.feed(bad)
+
+
+def test_the_relay_holds_a_package_while_it_goes_out_and_for_the_gap_after() -> None:
+    import time
+
+    from exnode.node.kernel.relay import Relay
+
+    relay = Relay("center", None, None, lambda conn, rows: None, {}, {})  # type: ignore[arg-type]
+    relay._recent[PKG_ID] = (time.monotonic() + 1.0, 1.0, time.monotonic() + 60)
+    relay._sending[PKG_ID] = 2
+    assert relay.holds(PKG_ID)
+    relay.sent([PKG_ID])
+    assert relay.holds(PKG_ID) and relay._sending[PKG_ID] == 1
+    relay.MIN_GAP_S = 0.0
+    relay._recent[PKG_ID] = (0.0, 0.0, time.monotonic() + 60)
+    relay.sent([PKG_ID])
+    assert not relay.holds(PKG_ID)  # out, and its gap (0 s here) over
+    assert not relay.holds(pid(7))
