@@ -56,8 +56,33 @@ class ExnodeGroup(click.Group):
         except Exception as e:
             if os.environ.get("EXNODE_DEBUG"):
                 raise
+            db = _database_error(ctx, e)
+            if db:
+                _fail(db, 1)
             _fail(f"internal error: {type(e).__name__}: {e} (set EXNODE_DEBUG=1 for details)",
                   70)
+
+
+def _database_error(ctx: click.Context, e: BaseException) -> str | None:
+    """A database error (server down, no such database, wrong password, unsupported URL)
+    as one line naming the setting, or None when ``e`` is not one."""
+    if "sqlalchemy" not in sys.modules:
+        return None
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if not isinstance(e, SQLAlchemyError):
+        return None
+    from exnode.node.base import dberrors
+
+    obj = ctx.obj
+    cfg = obj._cfg if isinstance(obj, Context) else None
+    if cfg is None and isinstance(obj, Context):
+        with contextlib.suppress(Exception):
+            cfg = obj.config()
+    setting, url = dberrors.locate(cfg, e)
+    if url is None and setting and setting.startswith("databases.") and cfg is not None:
+        url = cfg.databases[setting.removeprefix("databases.")].url
+    return dberrors.describe(e, setting, url)
 
 
 class Context:
@@ -183,10 +208,14 @@ def config() -> None:
 
 
 @config.command("check")
+@click.option("--connect", is_flag=True, help="Also connect to every database and the "
+              "broker, check every resource's table and columns, the files' modes and "
+              "(center) the members; exit 1 if a check fails.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def config_check(ctx: click.Context, as_json: bool) -> None:
-    """Validate the config file (exit 2 with FILE:LINE on error)."""
+def config_check(ctx: click.Context, connect: bool, as_json: bool) -> None:
+    """Validate the config file (exit 2 with FILE:LINE on error); with --connect, try
+    what it names: one line per check, ok, FAIL or warn (exit 1 on a FAIL)."""
     path = ctx.obj.config_path()
     cfg = load_config(path)
     problems = []
@@ -223,6 +252,15 @@ def config_check(ctx: click.Context, as_json: bool) -> None:
                                 base_dir=cfg.base_dir)
             except RuleSpecError as e:
                 raise ConfigError(f"{path}: resources.{rid}.quality: {e}") from None
+    if connect:
+        from exnode.node.app.preflight import run_checks
+
+        checks = run_checks(cfg, problems, _unknown_parties)
+        ctx.obj.show([c.as_dict() for c in checks], as_json,
+                     "\n".join(c.line() for c in checks))
+        if not all(c.ok for c in checks):
+            sys.exit(1)
+        return
     if cfg.node.role == "center" and cfg.resources:
         problems += _unknown_parties(cfg)
     info = {"config": str(path), "node": cfg.node.id, "role": cfg.node.role, "ok": True,
@@ -285,10 +323,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 def _status_text(st: dict[str, Any]) -> str:
     b = st["broker"]
+    why = b.get("last_error") or st.get("last_error") or ""  # the transport's, first
     lines = [
         f"node      {st['node']} ({st['role']}), pid {st['pid']}, up {st['uptime_s']:.0f} s",
         f"broker    {b['host']}:{b['port']} "
-        + (f"connected (MQTT {b['protocol']})" if b["connected"] else "NOT CONNECTED"),
+        + (f"connected (MQTT {b['protocol']})" if b["connected"]
+           else "NOT CONNECTED" + (f": {why}" if why else "")),
         f"gconf     version {st['gconf']['version']}, "
         + ("valid until " + ts(st["gconf"]["expires"]) if st["gconf"]["valid"]
            else "NOT VALID"),
@@ -301,7 +341,7 @@ def _status_text(st: dict[str, Any]) -> str:
         lines.append(f"peer      {p['node_id']}: last contact {ago(p['last_contact'])}{rtt}")
     for section in st.get("text", {}).values():  # the services' sections
         lines += section
-    if st.get("last_error"):
+    if st.get("last_error") and (b["connected"] or st["last_error"] != why):
         lines.append(f"last error {st['last_error']}")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,20 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     except TimeoutError as e:
         return _err(504, str(e) or "timed out")
     except Exception as e:
+        if _is_database_error(e):  # server down, no such database, wrong password
+            from exnode.node.base import dberrors
+
+            return _err(400, dberrors.describe(e))
         log.error("control_failed", path=request.path, error=f"{type(e).__name__}: {e}")
         return _err(500, f"internal error: {type(e).__name__}: {e}")
+
+
+def _is_database_error(e: BaseException) -> bool:
+    if "sqlalchemy" not in sys.modules:
+        return False
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(e, SQLAlchemyError)
 
 
 class _Router:

@@ -68,6 +68,56 @@ def broker_credentials(cfg: Config) -> tuple[str | None, ssl.SSLContext | None]:
     return password, tls
 
 
+_BAD_LOGIN = {4, 134}        # MQTT 3.1.1 / 5: bad user name or password
+_NOT_AUTHORIZED = {5, 135}   # not authorized (Mosquitto's answer to a bad password in 5)
+
+
+def connect_error(e: BaseException, cfg: Config) -> str:
+    """Why a connection to the broker failed, in one line with the settings to look at:
+    'connection refused by the broker: bad user name or password (broker.username /
+    broker.password_file)', 'the broker closed the connection during the handshake: does
+    the broker expect TLS? set broker.tls.ca', 'broker unreachable: ...'."""
+    b = cfg.broker
+    where = f"{b.host}:{b.port}"
+    rc = getattr(e, "rc", None)
+    code = getattr(rc, "value", rc)
+    if code in _BAD_LOGIN or code in _NOT_AUTHORIZED:
+        who = f"user '{b.username}'" if b.username else "no user name set"
+        why = "bad user name or password" if code in _BAD_LOGIN else \
+            "not authorized (a bad user name or password, or a user the broker refuses)"
+        return (f"connection refused by the broker: {why} ({who}; broker.username / "
+                "broker.password_file)")
+    if isinstance(code, int):
+        return f"connection refused by the broker: {rc} (code {code})"
+    text = str(e)
+    low = text.lower()
+    if "certificate verify failed" in low:
+        if "hostname" in low or "ip address mismatch" in low:
+            return (f"the broker's certificate does not name '{b.host}' (broker.host; "
+                    f"broker.tls.insecure skips this check): {text}")
+        return (f"the broker's certificate is not trusted by broker.tls.ca: {text}")
+    if "wrong version number" in low or "record layer failure" in low \
+            or ("ssl" in low and b.tls is not None):
+        return (f"TLS handshake with {where} failed: is it a TLS listener? (broker.tls, "
+                f"broker.port): {text}")
+    if "connection refused" in low:
+        return (f"broker unreachable: nothing listens on {where} (is the broker running? "
+                "broker.host / broker.port)")
+    if "name or service not known" in low or "nodename nor servname" in low \
+            or "temporary failure in name resolution" in low:
+        return f"broker unreachable: cannot resolve broker.host '{b.host}' ({text})"
+    if "timed out" in low or "reset by peer" in low or "broken pipe" in low \
+            or "unexpected eof" in low or "disconnected" in low:
+        if b.tls is None:
+            return ("the broker closed the connection during the handshake: does the "
+                    f"broker expect TLS? set broker.tls.ca ({where}: {text})")
+        return (f"the broker at {where} closed the connection or did not answer the "
+                f"handshake ({text})")
+    if "no route to host" in low or "network is unreachable" in low:
+        return f"broker unreachable: {where}: {text}"
+    return f"broker {where}: {text}"
+
+
 def client_id(node_id: str, topic_prefix: str) -> str:
     """The one MQTT client id of a node: the daemon and ``exnode register`` both use it,
     and it stays the same across restarts (the persistent session lives under it).
@@ -334,7 +384,7 @@ class Transport:
                 was = self.connected.is_set()
                 self.connected.clear()
                 self._client = None
-                self.last_error = f"broker: {e}"
+                self.last_error = connect_error(e, self.cfg)
                 if was:
                     log.warning("broker_disconnected", reason=str(e))
                 else:
@@ -385,10 +435,10 @@ class Transport:
                 return [aiomqtt.ProtocolVersion.V311]
             if isinstance(rc, ReasonCode) and rc.value >= 128:
                 return [aiomqtt.ProtocolVersion.V5]
-            self.last_error = f"broker: {e}"
+            self.last_error = connect_error(e, self.cfg)
             return versions
         except aiomqtt.MqttError as e:
-            self.last_error = f"broker: {e}"
+            self.last_error = connect_error(e, self.cfg)
             return versions
 
 

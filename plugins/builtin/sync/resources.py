@@ -8,8 +8,10 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from exnode.adapters.contract import SchemaMismatch
+from exnode.node.base import dberrors
 from exnode.node.base.config import ResourceSpec
 from exnode.node.base.errors import ConfigError, PackageError
 from exnode.node.kernel.api import ServiceAPI
@@ -53,6 +55,7 @@ class Resources:
         self._engines: dict[str, Engine] = {}
         self._adapters: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
+        dberrors.install(self.cfg)  # database errors name their setting (status, CLI)
         self.on_reset: list[Any] = []  # callbacks(rid) when a resource's adapter is dropped
 
     def engine(self, name: str) -> Engine:
@@ -96,7 +99,16 @@ class Resources:
         for fn in self.on_reset:
             fn(rid)
 
-    def stop(self, rid: str, why: str) -> None:
+    def stop(self, rid: str, why: str | BaseException) -> None:
+        """Stop resource ``rid`` for ``why``, kept as one line (a database error names
+        its setting and has no SQLAlchemy text: node/base/dberrors.py)."""
+        if isinstance(why, SQLAlchemyError):
+            spec = self.cfg.resources.get(rid)
+            why = dberrors.describe(why, f"databases.{spec.database}" if spec else None)
+        elif isinstance(why, BaseException):
+            why = dberrors.tidy(f"{type(why).__name__}: {why}")
+        else:
+            why = dberrors.tidy(why)
         if self.errors.get(rid) != why:
             log.error("resource_stopped", resource=rid, reason=why)
         self.errors[rid] = why
