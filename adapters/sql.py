@@ -25,7 +25,15 @@ afterwards. While the transaction runs it also holds a row in ``exnode_applying`
 capture triggers skip changes made while that row is visible, which only the
 applier's own session can see, so received changes are not captured and sent back.
 
-SQLite has no exact decimal type: a DECIMAL column keeps about 15 significant digits.
+Exact values. A value the target column cannot keep exactly is never changed silently:
+each target column has a checker, built once from its reflected type by the dialect
+(:meth:`~exnode.adapters.dialects.Dialect.exact_checker`), and :meth:`SqlAdapter.apply`
+runs it on every value before anything is written. SQLite has no exact decimal type (a
+DECIMAL column keeps about 15 significant digits), PostgreSQL rounds a NUMERIC to its
+scale and a TIMESTAMP(p) to its precision, MariaDB a DATETIME to whole seconds, a
+VARCHAR(n) keeps n characters: a change holding such a value raises
+:class:`Unstorable`, which names each such change and why, and the applier quarantines
+those and applies the others. A decimal into a text column is stored as its text.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from exnode.policies.changes import ChangeBatch
 
 from .contract import ApplyError, SchemaMismatch
 from .dialects import Dialect, DialectRegistry, default_registry
+from .dialects.exact import Checker
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +173,23 @@ class _Col:
     kind: str
     tz: bool = False
     required: bool = False
+    exact: Checker | None = None  # target columns: does it keep a value exactly?
 
 
 class _Incompatible(Exception):
     pass
+
+
+class Unstorable(ApplyError):
+    """Some changes of a batch hold a value the target table cannot store, or cannot
+    store exactly (a rounded decimal, a cut string, lost microseconds); nothing was
+    written. ``reasons`` maps the position of each such change in the batch to why, as
+    ``"price: 12345678901234.567891 cannot be stored exactly in SQLite column price
+    (...)"``. Not transient: apply the other changes and keep these aside."""
+
+    def __init__(self, message: str, reasons: dict[int, str]) -> None:
+        super().__init__(message, transient=False)
+        self.reasons = reasons
 
 
 def _from_db_converter(kind: str) -> Callable[[Any], Any] | None:
@@ -178,9 +200,22 @@ def _from_db_converter(kind: str) -> Callable[[Any], Any] | None:
         return lambda v: float(v) if isinstance(v, Decimal) else v
     if kind == "time":
         return _time_from_db
-    if kind in ("int", "str", "decimal", "date", "datetime", "uuid"):
+    if kind == "decimal":  # SQLite's NUMERIC affinity holds floats and integers
+        return _decimal_from_db
+    if kind in ("int", "str", "date", "datetime", "uuid"):
         return None
     return lambda v: bytes(v) if isinstance(v, memoryview | bytearray) else v
+
+
+def _decimal_from_db(v: Any) -> Any:
+    if isinstance(v, float):
+        return Decimal(repr(v)) if v == v and v not in (_INF, -_INF) else v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return Decimal(v)
+    return v
+
+
+_INF = float("inf")
 
 
 def _time_from_db(v: Any) -> Any:
@@ -219,6 +254,8 @@ def _to_db(col: _Col, v: Any, naive_tz: dt.tzinfo) -> Any:
     elif k == "str":
         if isinstance(v, str):
             return v
+        if isinstance(v, Decimal):  # a decimal keeps every digit as text
+            return format(v, "f") if v.is_finite() else str(v)
     elif k == "bytes":
         if isinstance(v, bytes | bytearray | memoryview):
             return bytes(v)
@@ -259,6 +296,16 @@ def _to_db(col: _Col, v: Any, naive_tz: dt.tzinfo) -> Any:
     shown = repr(v)
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
     raise _Incompatible(f"is {k} but the value is {type(v).__name__} ({shown})")
+
+
+def _lost(field: str, value: Any, why: str) -> str:
+    """'price: 12345678901234.567891 cannot be stored exactly in ...'; text is named by
+    its length only (it may be personal data)."""
+    if isinstance(value, str):
+        return f"{field} {why}"
+    shown = value.isoformat() if isinstance(value, dt.date | dt.time) else str(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"{field}: {shown} {why}"
 
 
 def _find_column(table: sa.Table | sa.Subquery, name: str) -> sa.ColumnElement[Any] | None:
@@ -572,7 +619,8 @@ class SqlAdapter:
             kind, tz = self.dialect.column_kind(c.type)
             required = (not c.nullable and c.server_default is None and c.computed is None
                         and c.identity is None and c.default is None)
-            cols[c.key] = _Col(c.key, c, kind, tz, required)
+            cols[c.key] = _Col(c.key, c, kind, tz, required,
+                               self.dialect.exact_checker(c, kind))
         keys: list[_Col] = []
         for k in self.spec.key:
             col = _find_column(table, k)
@@ -592,7 +640,8 @@ class SqlAdapter:
 
     def _plan(self, batch: ChangeBatch) -> list[tuple[str, list[str], list[Any]]]:
         """Check the whole batch against the target table and turn it into runs of
-        deduplicated upserts and deletes, before anything is written."""
+        deduplicated upserts and deletes, before anything is written. Unstorable when
+        some rows hold values the table would not keep exactly."""
         tgt = self._target_info()
         shown = self.spec.target_table or self.spec.table
         by_field: dict[str, _Col] = {}
@@ -622,7 +671,8 @@ class SqlAdapter:
                 for names, rows in groups.items():
                     runs.append(("upsert", list(names), rows))
 
-        for ch in batch.changes:
+        unstorable: dict[int, str] = {}
+        for i, ch in enumerate(batch.changes):
             if ch.op != cur_op:
                 flush()
                 cur_op, cur = ch.op, {}
@@ -633,22 +683,34 @@ class SqlAdapter:
             if ch.op != "upsert" or ch.row is None:
                 raise ValueError(f"change {ch!r} is neither an upsert with a row nor a delete")
             out: dict[str, Any] = {}
+            lost: list[str] = []
             for field, value in ch.row.items():
                 col = resolve(field)
                 if col.column.computed is not None:  # type: ignore[attr-defined]
                     continue  # the target computes it
                 seen.add(field)
                 try:
-                    out[col.column.key] = _to_db(col, value, self.naive_tz)
+                    out[col.column.key] = v = _to_db(col, value, self.naive_tz)
                 except _Incompatible as e:
                     raise self._mismatch(f"column '{col.column.key}' of table '{shown}' "
                                          f"{e}") from None
+                if col.exact is not None and v is not None:
+                    # a float column gets the float of a received decimal: check that
+                    why = col.exact(value if col.kind == "float" else v)
+                    if why is not None:
+                        lost.append(_lost(field, value, why))
+            if lost:
+                unstorable[i] = "; ".join(lost)
+                continue
             for kc, kv in zip(tgt.keys, self._bind_target_key(tgt, ch.key), strict=True):
                 out.setdefault(kc.column.key, kv)
             key = tuple(out[k] for k in key_names)
             cur.pop(key, None)
             cur[key] = out
         flush()
+        if unstorable:
+            raise Unstorable(f"{len(unstorable)} of {len(batch)} changes cannot be stored "
+                             f"exactly: {unstorable[min(unstorable)]}", unstorable)
         if any(op == "upsert" for op, _, _ in runs):
             sent = {by_field[f].column.key for f in seen} | set(key_names)
             for name, col in tgt.cols.items():
@@ -682,10 +744,17 @@ class SqlAdapter:
 
         Returns "applied", or "duplicate" (nothing written) when ``pkg_id`` was applied
         before. SchemaMismatch, before any write, when the batch does not fit the
-        table; ApplyError when the database refuses it (rolled back).
+        table; Unstorable, before any write, when some changes hold values the table
+        cannot keep exactly; ApplyError when the database refuses it (rolled back).
         """
         self._need_open()
-        runs = self._plan(batch)
+        try:
+            runs = self._plan(batch)
+        except Unstorable as e:
+            self._ensure_markers()  # as for any package the database refused
+            raise Unstorable(f"resource '{self.resource_id}': package {pkg_id} was not "
+                             f"applied to table '{self._target_info().table.name}': {e}",
+                             e.reasons) from None
         tgt = self._target_info()
         key_names = [c.column.key for c in tgt.keys]
         dialect = self.dialect

@@ -28,6 +28,15 @@ from sqlalchemy.engine import Dialect as SaDialect
 
 from exnode.node.base.errors import ExnodeError
 
+from .exact import (
+    Checker,
+    decimal_checker,
+    float_checker,
+    fraction_checker,
+    int_checker,
+    length_checker,
+)
+
 #: List items (keys x key width, or rows) per statement: Oracle allows 1000 items in an
 #: IN list, SQL Server 2100 parameters per statement.
 ROWS_PER_STATEMENT = 1000
@@ -151,6 +160,8 @@ class Dialect:
     row_value_order: ClassVar[bool] = False
     #: Key lookups with a row-value ``IN`` list.
     row_value_in_list: ClassVar[bool] = False
+    #: The database's name in messages ("SQLite column price ...").
+    title: ClassVar[str] = "database"
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -187,6 +198,54 @@ class Dialect:
         """
         if isinstance(col.type, sa.Float) and col.type.asdecimal:
             col.type.asdecimal = False
+
+    # ---- exact values ----
+
+    def where(self, col: sa.Column[Any], note: str = "") -> str:
+        """How a message names a target column: ``PostgreSQL column price
+        (NUMERIC(20, 6))``."""
+        try:
+            shown = str(col.type)
+        except Exception:
+            shown = type(col.type).__name__
+        return f"{self.title} column {col.name} ({note or shown})"
+
+    def int_bounds(self, coltype: sa.types.TypeEngine[Any]) -> tuple[int, int] | None:
+        """(lowest, highest) integer the column type holds, None if not known.
+        Generic: not known (Oracle's INTEGER is a NUMBER(38), for one)."""
+        return None
+
+    def fraction_digits(self, coltype: sa.types.TypeEngine[Any]) -> int:
+        """Fractional-second digits a timestamp or time column keeps. Generic: the
+        type's ``precision`` where reflection gave one, else microseconds (6)."""
+        p = getattr(coltype, "precision", None)
+        return p if isinstance(p, int) else 6
+
+    def exact_checker(self, col: sa.Column[Any], kind: str) -> Checker | None:
+        """The :data:`~exnode.adapters.dialects.exact.Checker` of a target column:
+        whether it keeps a value (as the adapter converted it for the column) exactly,
+        or None when every value of its kind is kept. Built once per column.
+
+        Generic: a DECIMAL(p, s) keeps at most ``s`` decimal places and ``p - s``
+        integer digits, an 8-byte float about 15 significant digits of a decimal, a
+        VARCHAR(n) ``n`` characters, a TIMESTAMP(p) ``p`` fractional digits, and an
+        integer column what :meth:`int_bounds` says."""
+        t = col.type
+        if kind == "decimal":
+            return decimal_checker(getattr(t, "precision", None), getattr(t, "scale", None),
+                                   self.where(col))
+        if kind == "float":
+            return float_checker(self.where(col))
+        if kind == "str":
+            n = getattr(t, "length", None)
+            return length_checker(n, self.where(col)) if isinstance(n, int) else None
+        if kind in ("datetime", "time"):
+            return fraction_checker(self.fraction_digits(t), self.where(col))
+        if kind == "int":
+            bounds = self.int_bounds(t)
+            if bounds is not None:
+                return int_checker(*bounds, self.where(col))
+        return None
 
     # ---- predicates ----
 

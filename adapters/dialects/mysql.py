@@ -54,6 +54,7 @@ class MySQLDialect(Dialect):
     sa_names: ClassVar[tuple[str, ...]] = ("mysql", "mariadb")
     supports_triggers: ClassVar[bool] = True
     row_value_in_list: ClassVar[bool] = True
+    title: ClassVar[str] = "MariaDB/MySQL"
 
     # ---- sessions and types ----
 
@@ -67,6 +68,22 @@ class MySQLDialect(Dialect):
         if isinstance(coltype, mysql.TINYINT) and getattr(coltype, "display_width", None) == 1:
             return "bool", False
         return super().column_kind(coltype)
+
+    # ---- exact values ----
+
+    def int_bounds(self, coltype: sa.types.TypeEngine[Any]) -> tuple[int, int] | None:
+        bits = 8 if isinstance(coltype, mysql.TINYINT) else \
+            16 if isinstance(coltype, sa.SmallInteger) else \
+            24 if isinstance(coltype, mysql.MEDIUMINT) else \
+            64 if isinstance(coltype, sa.BigInteger) else 32
+        if getattr(coltype, "unsigned", False):
+            return 0, (1 << bits) - 1
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    def fraction_digits(self, coltype: sa.types.TypeEngine[Any]) -> int:
+        # DATETIME, TIMESTAMP and TIME without (fsp) keep whole seconds.
+        fsp = getattr(coltype, "fsp", None)
+        return fsp if isinstance(fsp, int) else 0
 
     # ---- writes ----
 

@@ -76,6 +76,14 @@ class PostgreSQLDialect(Dialect):
     supports_triggers: ClassVar[bool] = True
     row_value_order: ClassVar[bool] = True
     row_value_in_list: ClassVar[bool] = True
+    title: ClassVar[str] = "PostgreSQL"
+
+    # ---- exact values ----
+
+    def int_bounds(self, coltype: sa.types.TypeEngine[Any]) -> tuple[int, int] | None:
+        bits = 16 if isinstance(coltype, sa.SmallInteger) else \
+            64 if isinstance(coltype, sa.BigInteger) else 32
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
     # ---- writes ----
 

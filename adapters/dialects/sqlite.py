@@ -11,13 +11,20 @@ What differs from the generic path, and why:
   transaction, because pysqlite commits on its own before DDL.
 - Triggers can only reach tables of their own database: a table in an attached
   database cannot be captured (``main`` is the default and is accepted).
-- No exact decimal type: a DECIMAL column keeps about 15 significant digits.
+- No exact decimal type: a DECIMAL or NUMERIC column has NUMERIC affinity, which keeps
+  a decimal as an 8-byte float (about 15 significant digits). Such columns are read as
+  the float's shortest decimal (``Decimal(repr(f))``), not SQLAlchemy's rounding to the
+  declared scale, which makes up digits (``12345678901234.568359``); a value that would
+  not come back the same is refused before the write (:meth:`exact_checker`), and the
+  applier quarantines its row. A decimal into a TEXT column is stored as its text,
+  exactly. VARCHAR(n) is not enforced (SQLite keeps the whole string) and timestamps
+  are text with microseconds, so neither loses anything; integers are 64-bit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
@@ -34,6 +41,9 @@ from .base import (
     quoter,
     trigger_names,
 )
+from .exact import Checker, float_checker, int_checker
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 class SQLiteDialect(Dialect):
@@ -44,8 +54,26 @@ class SQLiteDialect(Dialect):
     supports_triggers: ClassVar[bool] = True
     row_value_order: ClassVar[bool] = True
     row_value_in_list: ClassVar[bool] = True
+    title: ClassVar[str] = "SQLite"
 
-    # ---- writes ----
+    # ---- types and exact values ----
+
+    def fix_reflected_type(self, col: sa.Column[Any]) -> None:
+        super().fix_reflected_type(col)
+        # NUMERIC affinity keeps floats: read them as they are (the adapter turns them
+        # into the float's shortest decimal) instead of rounding them to the scale.
+        if isinstance(col.type, sa.Numeric) and not isinstance(col.type, sa.Float):
+            col.type.asdecimal = False
+
+    def exact_checker(self, col: sa.Column[Any], kind: str) -> Checker | None:
+        if kind == "decimal":
+            return float_checker(self.where(col, "NUMERIC affinity: kept as an 8-byte "
+                                                 "REAL, about 15 significant digits"))
+        if kind == "float":
+            return float_checker(self.where(col, "REAL affinity"))
+        if kind == "int":
+            return int_checker(*_INT64, self.where(col, "64-bit INTEGER"))
+        return None  # text keeps whole strings, timestamps are text with microseconds
 
     def write_rows(self, conn: Connection, table: sa.Table, keys: list[str],
                    names: list[str], rows: list[Row]) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, select
 
 from exnode.adapters.contract import ApplyError, SchemaMismatch
 from exnode.adapters.rowcodec import decode_batch, encode_batch
+from exnode.adapters.sql import Unstorable
 from exnode.node.base.errors import Deferred, ExnodeError, PackageError
 from exnode.node.kernel.api import ApplyContext, ServiceAPI
 from exnode.policies.changes import Change, ChangeBatch
@@ -40,14 +41,24 @@ class Applier:
     # --- the one path ------------------------------------------------------------------------
 
     def apply_and_forward(self, conn: Connection, rid: str, changes: list[Change], src: str,
-                          pkg_id: str, initial: bool = False, ad: Any = None) -> None:
+                          pkg_id: str, initial: bool = False, ad: Any = None,
+                          retrying: int | None = None) -> None:
         """Apply accepted ``changes`` from ``src`` to this node's copy (in one target
         transaction, marked with ``pkg_id``), record the rows' origin and the source's
         freshness in ``conn``'s transaction, and, at the center, queue them for every
-        subscriber but their origin. A schema mismatch stops the resource and defers."""
+        subscriber but their origin. A schema mismatch stops the resource and defers.
+
+        Changes whose values the copy cannot store exactly are quarantined (stage
+        ``apply``) and the others applied; an applied change closes the open quarantine
+        entries of its key here (but ``retrying``, the entry being retried)."""
         ad = ad or self.res.adapter(rid)
         try:
-            ad.apply(ChangeBatch(rid, changes, initial=initial), pkg_id, src)
+            try:
+                ad.apply(ChangeBatch(rid, changes, initial=initial), pkg_id, src)
+            except Unstorable as e:
+                changes = self._set_aside(conn, rid, changes, src, pkg_id, e)
+                if changes:  # the others, still under the package's marker
+                    ad.apply(ChangeBatch(rid, changes, initial=initial), pkg_id, src)
         except SchemaMismatch as e:
             self.res.stop(rid, str(e))
             self.res.reset(rid)  # reflect the table afresh on the next attempt
@@ -58,6 +69,8 @@ class Applier:
                 raise Deferred("database-unavailable", str(e)) from None
             changes = self._one_by_one(conn, rid, changes, src, pkg_id, initial, ad)
         self.res.errors.pop(rid, None)
+        self.quality.supersede(conn, rid, changes, pkg_id, ("center", "apply"),
+                               keep=retrying)
         self.record_origins(conn, rid, src, ad, changes)
         forward = self.res.forward_to(rid, src) if self.api.is_center and changes else []
         if forward:  # encoded only when someone gets it
@@ -65,6 +78,18 @@ class Applier:
             for dest in forward:  # one subscriber's problem never refuses the package
                 self.forwards.send(conn, dest, rid, data)
         self.record_fresh(conn, rid, src, time.time(), changed=True, rows=len(changes))
+
+    def _set_aside(self, conn: Connection, rid: str, changes: list[Change], src: str,
+                   pkg_id: str, e: Unstorable) -> list[Change]:
+        """Quarantine the changes the copy cannot store exactly, each with its reason;
+        returns the others, in order."""
+        for i in sorted(e.reasons):
+            self.quality.quarantine_unstorable(conn, rid, changes[i], src, pkg_id,
+                                               e.reasons[i])
+        # no keys or values in the log: they may be personal data
+        log.warning("rows_not_storable", resource=rid, count=len(e.reasons), pkg_id=pkg_id,
+                    why="inexact")
+        return [ch for i, ch in enumerate(changes) if i not in e.reasons]
 
     def _one_by_one(self, conn: Connection, rid: str, changes: list[Change], src: str,
                     pkg_id: str, initial: bool, ad: Any) -> list[Change]:
@@ -81,7 +106,8 @@ class Applier:
                 if e.transient:
                     self.res.stop(rid, str(e))
                     raise Deferred("database-unavailable", str(e)) from None
-                reason = str(e).split(": ", 2)[-1]  # the database's own words
+                reason = e.reasons[0] if isinstance(e, Unstorable) and 0 in e.reasons \
+                    else str(e).split(": ", 2)[-1]  # the database's own words
                 self.quality.quarantine_unstorable(conn, rid, ch, src, pkg_id, reason)
                 refused += 1
                 continue
