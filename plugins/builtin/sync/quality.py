@@ -4,7 +4,10 @@ Rows are cleaned and checked at the owner before they are sent, and again at the
 center on receipt. A failing row goes to the quarantine with its rules and reasons,
 never silently dropped and never let through; at the center the owner also gets a
 signed rejection notice. ``exnode quarantine retry`` sends a row through once its
-source is fixed.
+source is fixed. A row this node's database cannot store, or not exactly, is
+quarantined at stage ``apply``. An entry still open when a later change of its key goes
+through (the owner sends it, or this node applies it) is closed as ``superseded``, with
+a note: the fixed row was delivered.
 """
 
 from __future__ import annotations
@@ -110,6 +113,8 @@ class Quality:
         rs = self.ruleset(rid)
         ups = [c for c in changes if c.op == "upsert" and c.row is not None]
         if rs is None or not ups:
+            if stage == "owner":  # they are sent: the owner's open entries are moot
+                self.supersede(conn, rid, changes, pkg_id, ("owner",))
             return changes, []
         result = rs.check([c.row for c in ups])
         bad_rows = {id(row): v for row, v in result.failed}
@@ -130,6 +135,8 @@ class Quality:
                            "pkg_id": pkg_id, "created": now, "updated": now, "status": "open",
                            "violations": cbor2.dumps([[x.rule, x.field, x.reason] for x in v]),
                            "row": encode_batch(ChangeBatch(rid, [c]), fields)})
+        if stage == "owner":
+            self.supersede(conn, rid, passed, pkg_id, ("owner",))
         if q_rows:
             conn.execute(quarantine.insert(), q_rows)
             log.warning("rows_quarantined", resource=rid, stage=stage, count=len(q_rows),
@@ -150,6 +157,38 @@ class Quality:
             violations=cbor2.dumps([["storable", "", reason[:500]]]),
             row=encode_batch(ChangeBatch(rid, [change]), fields)))
         self._stats(conn, rid, "apply", 1, 1, {"storable": 1})
+
+    def supersede(self, conn: Connection, rid: str, changes: list[Change], pkg_id: str | None,
+                  stages: tuple[str, ...], keep: int | None = None) -> int:
+        """A later change of a key went through (sent by the owner, applied here): the
+        key's open quarantine entries of ``stages`` are closed as 'superseded', with a
+        note naming the package, but entry ``keep``. Returns how many were closed.
+
+        One indexed query when the resource has no open entry, the usual case."""
+        if not changes or conn.execute(select(quarantine.c.id).where(
+                quarantine.c.status == "open", quarantine.c.resource == rid,
+                quarantine.c.stage.in_(stages)).limit(1)).first() is None:
+            return 0
+        texts = list(dict.fromkeys(key_text(c.key) for c in changes))
+        now = time.time()
+        what = f"package {pkg_id}" if pkg_id else "a later capture"
+        note = ["superseded", "", f"a later change of this key went through ({what})"]
+        closed = 0
+        for i in range(0, len(texts), 500):
+            for qid, violations in conn.execute(select(
+                    quarantine.c.id, quarantine.c.violations).where(
+                    quarantine.c.status == "open", quarantine.c.resource == rid,
+                    quarantine.c.stage.in_(stages),
+                    quarantine.c.key.in_(texts[i:i + 500]))).all():
+                if qid == keep:
+                    continue
+                conn.execute(quarantine.update().where(quarantine.c.id == qid).values(
+                    status="superseded", updated=now,
+                    violations=cbor2.dumps([*cbor2.loads(violations), note])))
+                closed += 1
+        if closed:
+            log.info("quarantine_superseded", resource=rid, count=closed)
+        return closed
 
     def _stats(self, conn: Connection, rid: str, stage: str, checked: int, failed: int,
                by_rule: dict[str, int]) -> None:
@@ -268,7 +307,8 @@ class Quality:
             else:
                 assert self.apply_and_forward is not None
                 self.apply_and_forward(conn, rid, [change], r["src"],
-                                       f"quarantine-{qid}-{int(time.time())}", ad=ad)
+                                       f"quarantine-{qid}-{int(time.time())}", ad=ad,
+                                       retrying=qid)
             conn.execute(quarantine.update().where(quarantine.c.id == qid).values(
                 status="retried", updated=time.time()))
         return {"id": qid, "status": "retried", "passed": True}
