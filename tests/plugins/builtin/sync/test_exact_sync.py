@@ -18,7 +18,6 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from exnode.node.tools.cluster import wait_until
-
 from tests.helpers import db_rows
 
 DDL = "CREATE TABLE prices (id INTEGER PRIMARY KEY, price DECIMAL(20,6), name TEXT)"
