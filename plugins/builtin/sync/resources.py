@@ -107,6 +107,9 @@ class Resources:
             why = dberrors.describe(why, f"databases.{spec.database}" if spec else None)
         elif isinstance(why, BaseException):
             why = dberrors.tidy(f"{type(why).__name__}: {why}")
+        elif "sqlalche.me" in why:  # SQLAlchemy's text, turned into a string by the caller
+            spec = self.cfg.resources.get(rid)
+            why = (f"databases.{spec.database}: " if spec else "") + dberrors.tidy(why)
         else:
             why = dberrors.tidy(why)
         if self.errors.get(rid) != why:

@@ -355,3 +355,54 @@ def test_status_text_prints_the_broker_error_after_not_connected():
     text = _status_text(st)
     assert f"broker    mq:1883 NOT CONNECTED: {why}" in text
     assert "last error" not in text  # not twice
+
+
+# --- the daemon's side: control answers and a stopped resource's status line -------------
+
+def _no_such_database_error() -> sa.exc.OperationalError:
+    eng = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/exnode_no_such_db")
+    try:
+        eng.connect()
+    except sa.exc.OperationalError as e:
+        return e
+    finally:
+        eng.dispose()
+    raise AssertionError("connected to a database that should not exist")
+
+
+def test_a_stopped_resource_keeps_one_line_naming_the_database(tmp_path):
+    from types import SimpleNamespace
+
+    from exnode.node.base.config import load_config
+    from exnode.plugins.builtin.sync.resources import Resources
+
+    cfg = load_config(init_bureau(tmp_path / "n", databases={"hr": {
+        "url": "postgresql+psycopg://postgres@127.0.0.1:5432/exnode_no_such_db"}},
+        resources={"people": {"database": "hr", "table": "people", "key": ["id"]}}))
+    res = Resources(SimpleNamespace(config=cfg))  # type: ignore[arg-type]
+    e = _no_such_database_error()
+    for why in (e, str(e)):
+        res.stop("people", why)
+        line = res.errors["people"]
+        assert "\n" not in line and "sqlalche.me" not in line, line
+        assert line.startswith("databases.hr: "), line
+        assert 'database "exnode_no_such_db" does not exist' in line
+
+
+def test_the_control_api_answers_a_database_error_in_one_line():
+    import asyncio
+    from types import SimpleNamespace
+
+    from exnode.node.app.control import errors_middleware
+
+    e = _no_such_database_error()
+
+    async def handler(_req: object) -> None:
+        raise e
+
+    req = SimpleNamespace(method="POST", path="/sync/initial")
+    resp = asyncio.run(errors_middleware(req, handler))  # type: ignore[arg-type]
+    assert resp.status == 400
+    msg = json.loads(resp.body)["error"]
+    assert "\n" not in msg and "internal error" not in msg
+    assert msg.endswith('database "exnode_no_such_db" does not exist'), msg
