@@ -108,7 +108,7 @@ def length_checker(length: int, where: str) -> Checker:
 
     def check(v: Any) -> str | None:
         if isinstance(v, str) and len(v) > length:
-            return f"({len(v)} characters) cannot be stored in {where}: it keeps {length}"
+            return f"({len(v)} characters) is too long for {where}: it keeps {length}"
         return None
 
     return check

@@ -80,7 +80,7 @@ def test_postgresql_scale_precision_length_and_range(pg_url: str) -> None:
         assert sorted(r) == [1, 2, 3, 4, 5]
         assert "6 decimal places" not in r[1] and "7 decimal places, the column keeps 6" in r[1]
         assert "whole seconds" in r[2] and "at: 2024-05-01T08:00:01.000500" in r[2]
-        assert r[3] == ("name (9 characters) cannot be stored in PostgreSQL column name "
+        assert r[3] == ("name (9 characters) is too long for PostgreSQL column name "
                         "(VARCHAR(8)): it keeps 8")
         assert "holds -32768 to 32767" in r[4] and "digits before the point" in r[5]
         assert ad.apply(_ups([ok]), "pkg-1", "b1") == "applied"
