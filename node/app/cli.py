@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from exnode.node.base.config import Config, load_config, parse_duration, render_config
-from exnode.node.base.errors import ConfigError, ExnodeError, UsageError
+from exnode.node.base.errors import ConfigError, ExnodeError, NotFound, UsageError
 from exnode.node.base.fmt import ago, ts
 
 DEFAULT_CONFIG = "exnode.yaml"
@@ -314,11 +314,23 @@ def run(ctx: click.Context) -> None:
 
 
 @cli.command()
+@click.option("--check", is_flag=True,
+              help="Print only the problems, one per line; exit 1 if there is any.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
-    """Broker connection, members, outbox depth and last contact per peer."""
-    ctx.obj.show(ctx.obj.call("GET", "/status"), as_json, _status_text)
+def status(ctx: click.Context, check: bool, as_json: bool) -> None:
+    """Broker connection, members, outbox depth, last contact per peer and the health of
+    every resource; with --check, exit 1 when anything is stopped, stale, behind or
+    disconnected (for monitoring)."""
+    st = ctx.obj.call("GET", "/status")
+    problems = st.get("problems", [])
+    if not check:
+        ctx.obj.show(st, as_json, _status_text)
+        return
+    ctx.obj.show({"ok": not problems, "problems": problems}, as_json,
+                 lambda d: "\n".join(f"PROBLEM {p}" for p in d["problems"]) or "ok")
+    if problems:
+        sys.exit(1)
 
 
 def _status_text(st: dict[str, Any]) -> str:
@@ -343,6 +355,7 @@ def _status_text(st: dict[str, Any]) -> str:
         lines += section
     if st.get("last_error") and (b["connected"] or st["last_error"] != why):
         lines.append(f"last error {st['last_error']}")
+    lines += [f"PROBLEM   {p}" for p in st.get("problems", [])]
     return "\n".join(lines)
 
 
@@ -585,7 +598,7 @@ def log_show(ctx: click.Context, pkg_id: str, as_json: bool) -> None:
         ib = conn.execute(select(inbox.c.src, inbox.c.status, inbox.c.seq, inbox.c.reason)
                           .where(inbox.c.pkg_id == pkg_id)).mappings().first()
     if not rows and ob is None and ib is None:
-        raise UsageError(f"package {pkg_id} is not known to this node")
+        raise NotFound(f"package {pkg_id} is not known to this node")
     data = {"pkg_id": pkg_id, "trace": [{k: r[k] for k in ("id", "ts", "event", "peer",
                                                            "kind", "resource", "size",
                                                            "status", "reason")} for r in rows],
@@ -723,6 +736,42 @@ def log_witnesses(obj: Context, as_json: bool) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+@cli.group()
+def inbox() -> None:
+    """Ordered streams waiting for an earlier package: `inbox list`, `inbox skip`."""
+
+
+@inbox.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def inbox_list(obj: Context, as_json: bool) -> None:
+    """Streams (source, resource) whose packages wait for an earlier sequence."""
+    def text(rows: list[dict[str, Any]]) -> str:
+        return "\n".join(
+            f"{r['src']:<16} {r['resource']:<24} {r['waiting']} waiting for sequence "
+            f"{r['missing_from']}" + (f"-{r['missing_to']}" if r["missing_to"] >
+                                      r["missing_from"] else "")
+            + f" since {ago(r['since'])}" for r in rows) or "nothing waits"
+    obj.show(obj.call("GET", "/inbox/streams"), as_json, text)
+
+
+@inbox.command("skip")
+@click.argument("src")
+@click.argument("resource")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def inbox_skip(obj: Context, src: str, resource: str, as_json: bool) -> None:
+    """Give up on the sequences SRC's RESOURCE stream waits for (they expired at the
+    sender and will not come) and apply what waited behind them. Logged as 'skipped';
+    bring back the rows they carried with `exnode sync repair RESOURCE` at SRC."""
+    out = obj.call("POST", "/inbox/skip", {"src": src, "resource": resource})
+    gap = (f"{out['skipped_from']}" if out["skipped_from"] == out["skipped_to"]
+           else f"{out['skipped_from']}-{out['skipped_to']}")
+    obj.show(out, as_json, f"skipped sequence {gap} from {src} for {resource}; applied up "
+             f"to {out['applied_to']}. The rows the skipped packages carried are missing "
+             f"here: run 'exnode sync repair {resource}' at {src}.")
+
 
 def _since(s: str) -> float:
     with contextlib.suppress(ValueError):

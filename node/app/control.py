@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from exnode.node.base.errors import DaemonNotRunning, ExnodeError, UsageError
+from exnode.node.base.errors import DaemonNotRunning, ExnodeError, NotFound, UsageError
 from exnode.node.kernel.api import ControlRequest, RouteHandler
 
 log = structlog.get_logger("exnode")
@@ -34,8 +34,10 @@ log = structlog.get_logger("exnode")
 MAX_BODY = 512 * 1024 * 1024
 
 
-def _err(code: int, msg: str) -> web.Response:
-    return web.json_response({"error": msg}, status=code)
+def _err(code: int, msg: str, exit_code: int = 1) -> web.Response:
+    """An error answer: the one-line message, and the exit code the CLI returns for it
+    (the same as when the CLI itself finds the error: 2 usage, 3 not found, ...)."""
+    return web.json_response({"error": msg, "exit": exit_code}, status=code)
 
 
 def peer_uid(sock: socket.socket) -> int | None:
@@ -92,7 +94,7 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     except DaemonNotRunning as e:
         return _err(503, str(e))
     except ExnodeError as e:
-        return _err(400, str(e))
+        return _err(404 if isinstance(e, NotFound) else 400, str(e), e.exit_code)
     except TimeoutError as e:
         return _err(504, str(e) or "timed out")
     except Exception as e:
@@ -236,6 +238,10 @@ def call(sock: Path, method: str, path: str, body: dict[str, Any] | None = None,
     except ValueError:
         raise ExnodeError(f"unexpected answer from the daemon: {raw[:200]!r}") from None
     if resp.status >= 400:
-        raise ExnodeError(out.get("error", f"HTTP {resp.status}") if isinstance(out, dict)
+        err = ExnodeError(out.get("error", f"HTTP {resp.status}") if isinstance(out, dict)
                           else f"HTTP {resp.status}")
+        code = out.get("exit") if isinstance(out, dict) else None
+        if type(code) is int and 1 <= code <= 3:
+            err.exit_code = code
+        raise err
     return out

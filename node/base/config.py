@@ -136,6 +136,14 @@ class LogSection(_Model):
                                    "be witnessed, while the log grows.")
 
 
+class MonitorSection(_Model):
+    health_every_s: float = Field(60.0, ge=1, le=3600, description="How often a node "
+                                  "reports the health of its resources to the center, and "
+                                  "the center to each bureau (at once on a change).")
+    lag_after_s: float = Field(120.0, ge=1, description="A node with changes queued for it "
+                               "longer than this is lagging.")
+
+
 class PluginsSection(_Model):
     disable: list[str] = Field(default_factory=list,
                                description="Entry-point names of plugins not to load.")
@@ -270,6 +278,7 @@ class Config(_Model):
     control: ControlSection = Field(default_factory=ControlSection)
     gconf: GconfSection = Field(default_factory=GconfSection)
     log: LogSection = Field(default_factory=LogSection)
+    monitor: MonitorSection = Field(default_factory=MonitorSection)
     plugins: PluginsSection = Field(default_factory=PluginsSection)
     crypto: CryptoSection = Field(default_factory=CryptoSection)
     databases: dict[str, DatabaseSpec] = Field(

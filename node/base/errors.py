@@ -21,6 +21,12 @@ class UsageError(ExnodeError):
     exit_code = 2
 
 
+class NotFound(ExnodeError):
+    """What a command names (a package, node, quarantine entry, conflict) does not exist."""
+
+    exit_code = 3
+
+
 class IdentityError(ExnodeError):
     """Keys, certificates, tokens or the global configuration are missing or invalid."""
 

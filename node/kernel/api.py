@@ -143,8 +143,19 @@ class ServiceAPI(Protocol):
         ...
 
     def enqueue(self, conn: Connection, dest: str, kind: str, resource: str, payload: bytes,
-                extra: dict[str, Any] | None = None) -> str:
-        """Seal, sign and queue a package inside ``conn``'s transaction; returns its id."""
+                extra: dict[str, Any] | None = None, ttl_s: int | None = None) -> str:
+        """Seal, sign and queue a package inside ``conn``'s transaction; returns its id.
+        ``ttl_s`` gives it a shorter lifetime than ``delivery.package_ttl_s``."""
+        ...
+
+    def backlog(self, conn: Connection, kinds: list[str]) -> dict[tuple[str, str],
+                                                                  tuple[int, float]]:
+        """(dest, resource) -> how many packages of ``kinds`` wait for their receipt, and
+        when the oldest of them was queued."""
+        ...
+
+    def waiting(self, conn: Connection) -> dict[tuple[str, str], int]:
+        """(source, resource) -> packages received early, waiting for an earlier one."""
         ...
 
     async def send(self, dest: str, kind: str, resource: str, payload: bytes) -> str: ...
@@ -241,6 +252,11 @@ class StatusBuilder(Protocol):
     ``name``; ``lines`` are what the text form prints."""
 
     def add(self, name: str, data: Any, lines: list[str] | None = None) -> None: ...
+
+    def problem(self, text: str) -> None:
+        """Something an operator must act on (a resource stopped, stale, a subscriber
+        behind): one line, listed by ``status`` and failing ``status --check``."""
+        ...
 
 
 # --- CLI ------------------------------------------------------------------------------------------

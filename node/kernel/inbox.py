@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy import Connection, Engine, func, select
 
 from exnode.node.base.config import Config
-from exnode.node.base.errors import Deferred, PackageError
+from exnode.node.base.errors import Deferred, NotFound, PackageError
 from exnode.node.kernel import envelope
 from exnode.node.kernel import identity as idn
 from exnode.node.kernel.api import ApplyContext, KindSpec
@@ -304,6 +304,60 @@ class Inbox:
             pkg_id=h.id, src=h.src, kind=h.kind, resource=h.res, seq=h.seq, status="waiting",
             received_at=time.time(), reason=f"waiting for {last + 1}", blob=pkg.wire,
             expires=h.expires / 1000))
+
+    def streams(self) -> list[dict[str, Any]]:
+        """Ordered streams with packages waiting for an earlier one: the sequence they
+        wait for, how many wait and since when."""
+        with self.engine.connect() as conn:
+            q = (select(inbox.c.src, inbox.c.resource, func.count(), func.min(inbox.c.seq),
+                        func.min(inbox.c.received_at))
+                 .where(inbox.c.status == "waiting").group_by(inbox.c.src, inbox.c.resource))
+            out = []
+            for src, rid, n, first, since in conn.execute(q).all():
+                last = conn.execute(select(seq_in.c.last_seq).where(
+                    seq_in.c.src == src, seq_in.c.resource == rid)).scalar() or 0
+                out.append({"src": src, "resource": rid, "waiting": int(n),
+                            "missing_from": last + 1, "missing_to": int(first) - 1,
+                            "since": since})
+        return out
+
+    def skip(self, src: str, resource: str) -> tuple[dict[str, Any], BatchResult]:
+        """(operator) Give up on the sequences a stream waits for (they will not come: they
+        expired at the sender, or its outbox was lost) and apply what waited behind them.
+        Logged; the rows those packages carried are brought back with
+        ``exnode sync repair``."""
+        res = BatchResult()
+        acks: Acks = defaultdict(list)
+        with self.engine.begin() as conn:
+            first = conn.execute(select(func.min(inbox.c.seq)).where(
+                inbox.c.status == "waiting", inbox.c.src == src,
+                inbox.c.resource == resource)).scalar()
+            if first is None:
+                raise NotFound(f"nothing from '{src}' for '{resource}' waits for an earlier "
+                                 "sequence")
+            last = conn.execute(select(seq_in.c.last_seq).where(
+                seq_in.c.src == src, seq_in.c.resource == resource)).scalar() or 0
+            n = conn.execute(seq_in.update().where(seq_in.c.src == src,
+                                                   seq_in.c.resource == resource)
+                             .values(last_seq=first - 1)).rowcount
+            if n == 0:
+                conn.execute(seq_in.insert().values(src=src, resource=resource,
+                                                    last_seq=first - 1))
+            self.outbox.log(conn, [{"pkg_id": "", "event": "skipped", "peer": src,
+                                    "resource": resource, "kind": "", "size": 0,
+                                    "status": "skipped",
+                                    "reason": f"operator skipped sequence {last + 1}"
+                                              + (f"-{first - 1}" if first - 1 > last + 1
+                                                 else "")}])
+            self._drain_waiting(conn, src, resource, first - 1, acks, res)
+            applied = conn.execute(select(seq_in.c.last_seq).where(
+                seq_in.c.src == src, seq_in.c.resource == resource)).scalar() or 0
+            for peer, done in acks.items():
+                receipt = self.receipts.build(peer, done)
+                if receipt is not None:
+                    res.publishes.append((self.topic_for(peer), *receipt))
+        return ({"src": src, "resource": resource, "skipped_from": last + 1,
+                 "skipped_to": first - 1, "applied_to": applied}, res)
 
     def expire_waiting(self) -> int:
         """Drop waiting packages whose lifetime ended (their sender has given up on them

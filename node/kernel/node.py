@@ -173,7 +173,17 @@ class Node:
         router.post("/nodes/invite", self._invite_route)
         router.post("/log/witness", self._witness_route)
         router.get("/log/witnesses", self._witnesses_route)
+        router.get("/inbox/streams", self._streams_route)
+        router.post("/inbox/skip", self._skip_route)
         self.pm.hook.exnode_control_routes(router=router)
+
+    async def _streams_route(self, _req: ControlRequest) -> Any:
+        return await self.db(self.inbox.streams)
+
+    async def _skip_route(self, req: ControlRequest) -> Any:
+        out, res = await self.db(self.inbox.skip, req.arg("src"), req.arg("resource"))
+        self._after_batch(res)
+        return out
 
     async def _status_route(self, _req: ControlRequest) -> Any:
         return await self.db(self.status)
@@ -297,6 +307,9 @@ class Node:
         except Exception as e:
             log.error("batch_failed", error=f"{type(e).__name__}: {e}", n=len(wires))
             return
+        self._after_batch(res)
+
+    def _after_batch(self, res: BatchResult) -> None:
         for fn in res.after:
             try:
                 fn()

@@ -54,8 +54,9 @@ class Outbox:
     # --- queueing ------------------------------------------------------------------------
 
     def enqueue(self, conn: Connection, dest: str, kind: str, resource: str, payload: bytes,
-                extra: dict[str, Any] | None = None) -> str:
-        """Seal and sign a package and write it to the outbox, inside ``conn``'s txn."""
+                extra: dict[str, Any] | None = None, ttl_s: int | None = None) -> str:
+        """Seal and sign a package and write it to the outbox, inside ``conn``'s txn;
+        ``ttl_s`` shortens its lifetime (a report that is soon out of date)."""
         member = self.members.current.get(dest)
         if member is None:
             raise PackageError("unknown-recipient", f"'{dest}' is not an approved member "
@@ -64,7 +65,7 @@ class Outbox:
         pkg = envelope.build(suite=self.suite, sign_key=self.identity.sign_key,
                              src=self.identity.node_id, kind=kind,
                              rcpt={dest: member.enc_pub}, resource=resource, seq=seq,
-                             payload=payload, ttl_s=self.cfg.delivery.package_ttl_s,
+                             payload=payload, ttl_s=ttl_s or self.cfg.delivery.package_ttl_s,
                              extra=extra)
         now = time.time()
         conn.execute(outbox.insert().values(
@@ -216,6 +217,15 @@ class Outbox:
                                                outbox.c.attempts > 0,
                                                outbox.c.next_attempt > now)
                          .values(next_attempt=now))
+
+    def backlog(self, conn: Connection,
+                kinds: list[str]) -> dict[tuple[str, str], tuple[int, float]]:
+        """(dest, resource) -> packages of ``kinds`` waiting for their receipt, and when
+        the oldest was queued."""
+        q = (select(outbox.c.dest, outbox.c.resource, func.count(), func.min(outbox.c.created))
+             .where(outbox.c.status == "pending", outbox.c.kind.in_(kinds))
+             .group_by(outbox.c.dest, outbox.c.resource))
+        return {(d, r): (int(n), float(t)) for d, r, n, t in conn.execute(q)}
 
     def depth(self) -> int:
         """Packages waiting for their receipt."""

@@ -11,7 +11,7 @@ import cbor2
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection, Engine, select
 
-from exnode.node.base.errors import IdentityError, UsageError
+from exnode.node.base.errors import IdentityError, NotFound, UsageError
 from exnode.node.kernel import identity as idn
 from exnode.node.kernel.state import invites, members, meta
 
@@ -123,7 +123,7 @@ def handle_enrol(engine: Engine, ident: idn.Identity,
 def _approve(conn: Connection, ident: idn.Identity, node_id: str) -> None:
     row = conn.execute(select(members).where(members.c.id == node_id)).mappings().first()
     if row is None:
-        raise UsageError(f"no member or enrolment request '{node_id}'")
+        raise NotFound(f"no member or enrolment request '{node_id}'")
     ca = ident.ca_cert
     assert ca is not None
     cert = idn.issue_cert(ident.ca_key(), ca, node_id, row["role"], row["sign_pub"],
@@ -138,7 +138,7 @@ def set_status(engine: Engine, ident: idn.Identity, node_id: str, action: str) -
     with engine.begin() as conn:
         row = conn.execute(select(members).where(members.c.id == node_id)).mappings().first()
         if row is None:
-            raise UsageError(f"no member or enrolment request named '{node_id}'")
+            raise NotFound(f"no member or enrolment request named '{node_id}'")
         if node_id == ident.node_id:
             raise UsageError("the center cannot change its own membership")
         st = row["status"]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, func, select
 
 from exnode.node.base.config import Config
+from exnode.node.base.fmt import ago
 from exnode.node.kernel import exlog
 from exnode.node.kernel.api import DirectoryView, PluginRegistry
 from exnode.node.kernel.state import inbox, peers
@@ -66,8 +67,17 @@ class KernelAPI:
         return await self._node.db(fn, *args)
 
     def enqueue(self, conn: Connection, dest: str, kind: str, resource: str, payload: bytes,
-                extra: dict[str, Any] | None = None) -> str:
-        return self._node.outbox.enqueue(conn, dest, kind, resource, payload, extra)
+                extra: dict[str, Any] | None = None, ttl_s: int | None = None) -> str:
+        return self._node.outbox.enqueue(conn, dest, kind, resource, payload, extra, ttl_s)
+
+    def backlog(self, conn: Connection, kinds: list[str]) -> dict[tuple[str, str],
+                                                                  tuple[int, float]]:
+        return self._node.outbox.backlog(conn, kinds)
+
+    def waiting(self, conn: Connection) -> dict[tuple[str, str], int]:
+        q = (select(inbox.c.src, inbox.c.resource, func.count())
+             .where(inbox.c.status == "waiting").group_by(inbox.c.src, inbox.c.resource))
+        return {(s, r): int(n) for s, r, n in conn.execute(q)}
 
     async def send(self, dest: str, kind: str, resource: str, payload: bytes) -> str:
         return (await self._node.send_many([(dest, kind, resource, payload)]))[0]
@@ -127,6 +137,9 @@ class Status:
         if lines:
             self.data.setdefault("text", {})[name] = lines
 
+    def problem(self, text: str) -> None:
+        self.data.setdefault("problems", []).append(text)
+
     def kernel(self) -> Status:
         n = self._node
         depth = n.outbox.depth()
@@ -155,5 +168,26 @@ class Status:
                           "repeat_chunks_skipped": n._reasm.skipped},
             "last_error": t.last_error or n.gconf.last_error
             or (n.broker_access.last_error if n.broker_access is not None else ""),
+            "revoked": n.id in d.revoked,
         })
+        self.data.setdefault("problems", [])
+        if n.id in d.revoked:
+            self.problem(f"this node ({n.id}) is revoked by the center: it is no longer a "
+                         "member and nothing it sends is accepted")
+        if not t.connected.is_set():
+            self.problem("broker not connected" + (f": {t.last_error}" if t.last_error
+                                                   else ""))
+        lag = n.cfg.monitor.lag_after_s
+        for st in n.inbox.streams():
+            if time.time() - st["since"] > lag:
+                gap = st["missing_from"], st["missing_to"]
+                self.problem(f"{st['waiting']} package(s) from {st['src']} for "
+                             f"{st['resource']} wait for sequence "
+                             + (f"{gap[0]}" if gap[0] == gap[1] else f"{gap[0]}-{gap[1]}")
+                             + f" since {ago(st['since'])}; if it will not come: exnode "
+                             f"inbox skip {st['src']} {st['resource']}, then exnode sync "
+                             f"repair {st['resource']} at {st['src']}")
+        if not d.valid:
+            self.problem("no valid global configuration (gconf)"
+                         + (f": {n.gconf.last_error}" if n.gconf.last_error else ""))
         return self

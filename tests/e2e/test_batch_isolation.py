@@ -179,3 +179,31 @@ def test_a_refused_package_in_an_ordered_stream_does_not_hold_the_next(make_star
     assert bad.header.id in {r[0] for r in refusals(star, "b2")}
     assert db_rows(star, "b2", "SELECT last_seq FROM seq_in WHERE src='b1' AND "
                    "resource='stream'") == [(3,)]
+
+
+def test_a_stream_waiting_for_a_lost_sequence_is_shown_and_can_be_skipped(make_star,
+                                                                          own_mosquitto):
+    """seq 1 of a stream never comes (it expired at the sender): seq 2 and 3 wait. The
+    status names the stream and the commands that repair it, `status --check` fails, and
+    `inbox skip` applies what waited, logged (issue 9: a stream never stalls silently)."""
+    star = make_star(own_mosquitto, node_settings={"b2": {"monitor": {"lag_after_s": 1}}})
+    star.up()
+    second = craft(star, src="b1", to="b2", resource="stream", seq=2, items=[b"second"])
+    third = craft(star, src="b1", to="b2", resource="stream", seq=3, items=[b"third"])
+    publish_raw(star.host, star.port, star.topics.inbox("b2"), [second.wire, third.wire])
+    wait_until(lambda: star.status("b2")["inbox_waiting"] == 2, 20, 0.2, "2 waiting")
+    listed = star.cli("b2", "inbox", "list")
+    assert "waiting for sequence 1" in listed.stdout, listed.stdout
+    wait_until(lambda: any("inbox skip b1 stream" in p
+                           for p in star.status("b2")["problems"]), 20, 0.5,
+               "the stuck stream in the problems")
+    check = star.cli("b2", "status", "--check")
+    assert check.returncode == 1 and "wait for sequence 1" in check.stdout, check.stdout
+    r = star.cli("b2", "inbox", "skip", "b1", "stream")
+    assert r.returncode == 0 and "applied up to 3" in r.stdout, (r.stdout, r.stderr)
+    assert db_rows(star, "b2", "SELECT payload FROM received WHERE resource='stream' "
+                   "ORDER BY seq") == [(b"second",), (b"third",)]
+    assert star.status("b2")["inbox_waiting"] == 0
+    assert '"skipped"' in star.cli("b2", "log", "--json", "--event", "skipped").stdout
+    again = star.cli("b2", "inbox", "skip", "b1", "stream")
+    assert again.returncode == 3 and "nothing from 'b1'" in again.stderr, again.stderr

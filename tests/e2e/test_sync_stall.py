@@ -149,3 +149,102 @@ def test_a_row_the_shared_library_cannot_store_is_quarantined_not_blocking(make_
     finally:
         for e in engines.values():
             e.dispose()
+
+
+def _problems(star, node: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return star.status(node).get("problems", [])
+
+
+def test_a_stopped_subscriber_shows_at_the_center_and_the_owner(make_star, own_mosquitto,
+                                                                tmp_path):
+    """b2's copy has no 'name' column: b2 stops on it. Its state travels: the center's and
+    the owner's status say b2 is STOPPED with the reason, and `status --check` exits 1 on
+    both with one line for it. Once the column is added, b2 catches up, the problems
+    clear and `sync verify` is clean (on the old code every status said ok)."""
+    nodes = ("center", "b1", "b2")
+    urls = {n: f"sqlite:///{tmp_path / n}.db" for n in nodes}
+    engines = {n: _people(u) for n, u in urls.items() if n != "b2"}
+    engines["b2"] = sa.create_engine(urls["b2"])
+    with engines["b2"].begin() as c:
+        c.execute(sa.text("CREATE TABLE people (id integer PRIMARY KEY)"))
+    res = {"database": "db", "table": "people", "key": ["id"]}
+    cap = {"strategy": "snapshot", "schedule": {"every": "1s"}, "chunk_rows": 200}
+    settings = {n: {"databases": {"db": {"url": urls[n]}}, "monitor": {"health_every_s": 2},
+                    "resources": {"people": dict(res)}} for n in nodes}
+    settings["b1"]["resources"]["people"].update(owner="b1", capture=cap)
+    settings["center"]["resources"]["people"].update(owner="b1", subscribers=["b2"])
+    star = make_star(own_mosquitto, bureaus=("b1", "b2"), node_settings=settings)
+    try:
+        star.up()
+        _insert(engines["b1"], range(1, 11))
+        wait_until(lambda: _count(engines["center"]) == 10, 60, 0.3, "the rows at the center")
+
+        def stopped_everywhere() -> bool:
+            return (any("b2 stopped" in p and "name" in p for p in _problems(star, "center"))
+                    and any("b2 stopped" in p for p in _problems(star, "b1")))
+
+        wait_until(stopped_everywhere, 60, 0.5, "b2 STOPPED at the center and at b1")
+        for n in ("center", "b1"):
+            r = star.cli(n, "status", "--check")
+            assert r.returncode == 1, (n, r.stdout, r.stderr)
+            assert any(line.startswith("PROBLEM") and "b2 stopped" in line
+                       for line in r.stdout.splitlines()), r.stdout
+            assert "b2" in star.cli(n, "status").stdout
+        assert "STOPPED" in star.cli("b2", "status").stdout
+        assert star.cli("b2", "status", "--check").returncode == 1
+
+        with engines["b2"].begin() as c:
+            c.execute(sa.text("ALTER TABLE people ADD COLUMN name VARCHAR(64)"))
+        wait_until(lambda: _count(engines["b2"]) == 10, 120, 0.5, "b2 to catch up")
+        wait_until(lambda: not _problems(star, "center") and not _problems(star, "b1"),
+                   60, 0.5, "the problems to clear")
+        for n in ("center", "b1", "b2"):
+            r = star.cli(n, "status", "--check")
+            assert r.returncode == 0 and r.stdout.strip() == "ok", (n, r.stdout)
+        v = star.cli("center", "sync", "verify", "people", "--json")
+        assert v.returncode == 0, (v.stdout, v.stderr)
+    finally:
+        for e in engines.values():
+            e.dispose()
+
+
+def test_sync_repair_resends_a_resource_to_one_node(make_star, own_mosquitto, tmp_path):
+    """b2's copy lost rows (restored from an old backup, say): `sync repair people --node
+    b2` at the center re-sends the shared library's rows to b2 only, resumable and in
+    chunks; at a bureau it re-sends to the center. Without --node the center asks which
+    subscriber."""
+    nodes = ("center", "b1", "b2")
+    urls = {n: f"sqlite:///{tmp_path / n}.db" for n in nodes}
+    engines = {n: _people(u) for n, u in urls.items()}
+    res = {"database": "db", "table": "people", "key": ["id"]}
+    cap = {"strategy": "snapshot", "schedule": {"every": "1s"}, "chunk_rows": 100}
+    settings = {n: {"databases": {"db": {"url": urls[n]}},
+                    "resources": {"people": dict(res)}} for n in nodes}
+    settings["b1"]["resources"]["people"].update(owner="b1", capture=cap)
+    settings["center"]["resources"]["people"].update(owner="b1", subscribers=["b2"])
+    star = make_star(own_mosquitto, bureaus=("b1", "b2"), node_settings=settings)
+    try:
+        star.up()
+        _insert(engines["b1"], range(1, 501))
+        wait_until(lambda: _count(engines["b2"]) == 500, 60, 0.3, "500 rows at b2")
+        with engines["b2"].begin() as c:
+            c.execute(sa.text("DELETE FROM people WHERE id > 120"))
+        r = star.cli("center", "sync", "repair", "people")
+        assert r.returncode == 2 and "--node" in r.stderr, r.stderr
+        r = star.cli("center", "sync", "repair", "people", "--node", "b9")
+        assert r.returncode != 0 and "does not get resource" in r.stderr, r.stderr
+        r = star.cli("center", "sync", "repair", "people", "--node", "b2", "--json")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert '"rows": 500' in r.stdout, r.stdout
+        wait_until(lambda: _count(engines["b2"]) == 500, 60, 0.3, "b2 repaired")
+        # the owner (a bureau) repairs the center's copy: --node defaults to the center
+        with engines["center"].begin() as c:
+            c.execute(sa.text("DELETE FROM people WHERE id <= 10"))
+        r = star.cli("b1", "sync", "repair", "people")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        wait_until(lambda: _count(engines["center"]) == 500, 60, 0.3, "the center repaired")
+        jobs = star.call("center", "GET", "/sync/jobs")
+        assert any(j["kind"] == "repair:b2" and j["status"] == "done" for j in jobs), jobs
+    finally:
+        for e in engines.values():
+            e.dispose()

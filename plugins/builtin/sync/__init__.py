@@ -36,6 +36,7 @@ from .apply import Applier
 from .capturing import Capturer
 from .conflicts import Conflicts
 from .forwards import Forwards
+from .health import HEALTH, Health
 from .quality import Quality
 from .resources import REJECTION, ROWS, VERIFY_REQ, VERIFY_RES, ZERO, Resources
 from .tables import TABLES, conflicts, freshness
@@ -58,6 +59,7 @@ class SyncService:
         self.verifier = Verifier(api, self.res)
         self.conflicts = Conflicts(api, self.res, self.applier)
         self.res.on_reset.append(self.quality.forget)
+        self.health = Health(api, self.res, self.forwards)
 
     # --- kinds ----------------------------------------------------------------------------
 
@@ -71,6 +73,7 @@ class SyncService:
                           recipients="bureau", relay=False))
         register(KindSpec(VERIFY_REQ, self.verifier.on_verify_request, relay=False))
         register(KindSpec(VERIFY_RES, self.verifier.on_verify_result, relay=False))
+        register(KindSpec(HEALTH, self.health.on_health, relay=False))
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -80,6 +83,8 @@ class SyncService:
             if spec.capture is not None:
                 api.spawn(self.capturer.run_capture(rid), f"capture {rid}")
         api.spawn(self._resume_initial(), "resume initial loads")
+        if api.config.resources:
+            api.spawn(self.health.run(), "health reports")
         if api.is_center:
             members = set(api.directory.ids())
             for rid, spec in api.config.resources.items():
@@ -101,13 +106,13 @@ class SyncService:
 
     async def _resume_initial(self) -> None:
         for job in await self.api.db(self.capturer.jobs):
-            if job["kind"] == "initial" and job["status"] == "running":
-                self._start_initial_task(job["resource"])
+            if job["status"] == "running":
+                self._start_initial_task(job["resource"], job["kind"])
 
-    def _start_initial_task(self, rid: str) -> None:
-        name = f"initial {rid}"
+    def _start_initial_task(self, rid: str, kind: str = "initial") -> None:
+        name = f"{kind} {rid}"
         if not self.api.running(name):
-            self.api.spawn(self.capturer.run_initial(rid), name)
+            self.api.spawn(self.capturer.run_initial(rid, kind), name)
 
     @hookimpl
     def exnode_shutdown(self, api: ServiceAPI) -> None:
@@ -129,7 +134,12 @@ class SyncService:
                       f"{ago(h['since'])} ({h['reason']})" for h in r.get("held", [])]
             lines += [f"          dropped for {x['node']}: {x['packages']} package(s) "
                       f"({x['reason']})" for x in r.get("dropped", [])]
+            if r["error"]:
+                status.problem(f"resource {r['resource']}: STOPPED here: {r['error']}")
+            elif r["stale"]:
+                status.problem(f"resource {r['resource']}: STALE here (last current: {seen})")
         status.add("resources", resources, lines)
+        self.health.status(status)
 
     def status(self) -> list[dict[str, Any]]:
         """Per resource: when each node was last known current, and whether that is
@@ -185,9 +195,10 @@ class SyncService:
 
     async def _initial(self, req: ControlRequest) -> Any:
         rid = req.arg("resource")
-        job = await self.api.db(self.capturer.start_initial, rid, req.arg("restart", bool,
-                                                                            False))
-        self._start_initial_task(rid)
+        node = req.arg("node", str, None)
+        job = await self.api.db(self.capturer.start_initial, rid,
+                                req.arg("restart", bool, False), node)
+        self._start_initial_task(rid, job["kind"])
         return {k: v for k, v in job.items() if k != "after_key"}
 
     async def _jobs(self, _req: ControlRequest) -> Any:

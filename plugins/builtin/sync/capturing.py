@@ -187,27 +187,42 @@ class Capturer:
         if ev is not None:
             ev.set()
 
-    def start_initial(self, rid: str, restart: bool = False) -> dict[str, Any]:
+    def start_initial(self, rid: str, restart: bool = False,
+                      node: str | None = None) -> dict[str, Any]:
+        """Start (or find running) the initial load of ``rid``; with ``node``, a repair:
+        the same load, sent to that one node only."""
         spec = self.res.spec(rid)
-        if not self.res.destinations(rid):
+        kind = "initial"
+        if node is not None:
+            # the center repairs a subscriber (whatever the direction: it forwards what
+            # it accepted); a bureau repairs the center's copy of what it sends
+            targets = sorted(set(self.res.destinations(rid)) | (
+                set(spec.subscribers) if self.api.is_center else set()))
+            if node not in targets:
+                raise UsageError(f"'{node}' does not get resource '{rid}' from this node "
+                                 f"(it gets: {', '.join(targets) or '-'})")
+            if not self.api.directory.has(node):
+                raise UsageError(f"'{node}' is not an approved member")
+            kind = f"repair:{node}"
+        elif not self.res.destinations(rid):
             raise UsageError(f"resource '{rid}' has nowhere to send from this node "
                              f"(direction {spec.direction})")
         self.res.adapter(rid)
         now = time.time()
         with self.api.state.begin() as conn:
             job = conn.execute(select(sync_jobs).where(sync_jobs.c.resource == rid,
-                                                       sync_jobs.c.kind == "initial")) \
+                                                       sync_jobs.c.kind == kind)) \
                 .mappings().first()
             if job is not None and job["status"] == "running" and not restart:
                 return dict(job)
             if job is not None:
                 conn.execute(sync_jobs.delete().where(sync_jobs.c.resource == rid,
-                                                      sync_jobs.c.kind == "initial"))
+                                                      sync_jobs.c.kind == kind))
             conn.execute(sync_jobs.insert().values(
-                resource=rid, kind="initial", status="running", after_key=None, rows=0,
+                resource=rid, kind=kind, status="running", after_key=None, rows=0,
                 total=None, started=now, updated=now, error=None))
             job = conn.execute(select(sync_jobs).where(sync_jobs.c.resource == rid,
-                                                       sync_jobs.c.kind == "initial")) \
+                                                       sync_jobs.c.kind == kind)) \
                 .mappings().one()
         return dict(job)
 
@@ -217,20 +232,21 @@ class Capturer:
                 sync_jobs.c.resource == rid, sync_jobs.c.kind == "initial")).scalar() \
                 == "running"
 
-    def initial_chunk(self, rid: str, chunk_rows: int) -> tuple[int, bool]:
+    def initial_chunk(self, rid: str, chunk_rows: int,
+                      kind: str = "initial") -> tuple[int, bool]:
         """Send the next chunk of an initial load; progress is committed with the outbox
         insert, so a killed load resumes where it stopped."""
         ad = self.res.adapter(rid)
         with self.api.state.begin() as conn:
             job = conn.execute(select(sync_jobs).where(sync_jobs.c.resource == rid,
-                                                       sync_jobs.c.kind == "initial")) \
+                                                       sync_jobs.c.kind == kind)) \
                 .mappings().one()
             after = tuple(cbor2.loads(job["after_key"])) if job["after_key"] else None
             total = job["total"]
             if total is None:
                 total = ad.count()
                 conn.execute(sync_jobs.update().where(sync_jobs.c.resource == rid,
-                                                      sync_jobs.c.kind == "initial")
+                                                      sync_jobs.c.kind == kind)
                              .values(total=total))
             it: Iterator[list[dict[str, Any]]] = ad.read_chunks(chunk_rows, after)
             rows = next(it, [])
@@ -239,7 +255,7 @@ class Capturer:
                 close()
             if not rows:
                 conn.execute(sync_jobs.update().where(sync_jobs.c.resource == rid,
-                                                      sync_jobs.c.kind == "initial")
+                                                      sync_jobs.c.kind == kind)
                              .values(status="done", updated=time.time()))
                 return 0, True
             batch = ChangeBatch(rid, [Change("upsert", tuple(r[k] for k in ad.key), r)
@@ -247,12 +263,15 @@ class Capturer:
             good, _bad = self.quality.check(conn, rid, batch.changes, "owner", self.api.node_id,
                                             None)
             data = encode_batch(ChangeBatch(rid, good, initial=True), ad.fields)
-            for dest in self.res.destinations(rid):
+            dests = [kind[len("repair:"):]] if kind.startswith("repair:") \
+                else self.res.destinations(rid)
+            for dest in dests:
                 if self.api.is_center and not self.api.directory.has(dest):
                     continue  # not a member now: its initial load is run again for it
                 self.api.enqueue(conn, dest, ROWS, rid, data, extra={"initial": True})
             spec = self.res.spec(rid)
-            if spec.capture is not None and spec.capture.strategy == "snapshot":
+            if (kind == "initial" and spec.capture is not None
+                    and spec.capture.strategy == "snapshot"):
                 # What was sent is the snapshot now: the next capture pass sends only
                 # what changed since, not every row again.
                 cap.SqlCaptureState(self.api.state, create_tables=False).apply_hashes(
@@ -260,33 +279,33 @@ class Capturer:
                           if c.row is not None], conn)
             last = batch.changes[-1].key
             conn.execute(sync_jobs.update().where(sync_jobs.c.resource == rid,
-                                                  sync_jobs.c.kind == "initial")
+                                                  sync_jobs.c.kind == kind)
                          .values(after_key=cbor2.dumps(list(last)),
                                  rows=sync_jobs.c.rows + len(rows), updated=time.time()))
         return len(rows), len(rows) < chunk_rows
 
-    async def run_initial(self, rid: str) -> None:
+    async def run_initial(self, rid: str, kind: str = "initial") -> None:
         spec = self.res.spec(rid)
         chunk = spec.capture.chunk_rows if spec.capture else 5000
         try:
             while True:
                 await self._backpressure(64)
-                n, done = await self.api.db(self.initial_chunk, rid, chunk)
+                n, done = await self.api.db(self.initial_chunk, rid, chunk, kind)
                 if n:
                     self.api.wake_outbox()
                 if done:
                     if n:  # mark done on the next (empty) read
-                        await self.api.db(self.initial_chunk, rid, chunk)
-                    log.info("initial_load_done", resource=rid)
+                        await self.api.db(self.initial_chunk, rid, chunk, kind)
+                    log.info("initial_load_done", resource=rid, job=kind)
                     return
         except ExnodeError as e:
-            await self.api.db(self._job_error, rid, str(e))
+            await self.api.db(self._job_error, rid, str(e), kind)
             self.res.stop(rid, str(e))
 
-    def _job_error(self, rid: str, err: str) -> None:
+    def _job_error(self, rid: str, err: str, kind: str = "initial") -> None:
         with self.api.state.begin() as conn:
             conn.execute(sync_jobs.update().where(sync_jobs.c.resource == rid,
-                                                  sync_jobs.c.kind == "initial")
+                                                  sync_jobs.c.kind == kind)
                          .values(status="failed", error=err[:500], updated=time.time()))
 
     def jobs(self) -> list[dict[str, Any]]:

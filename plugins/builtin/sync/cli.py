@@ -43,21 +43,51 @@ def sync_load(obj: CommandContext, resource: str, initial: bool, restart: bool,
         raise UsageError(f"say what to do with {resource}: exnode sync {resource} --initial, "
                          f"or exnode sync now {resource}")
 
+    _run_load(obj, resource, restart, no_wait, as_json, None)
+
+
+@sync.command("repair")
+@click.argument("resource")
+@click.option("--node", "node", default=None,
+              help="The node to re-send to (at a bureau: the center, the default; at the "
+                   "center: a subscriber, required).")
+@click.option("--restart", is_flag=True, help="Start over from the first row.")
+@click.option("--no-wait", is_flag=True, help="Start the repair and return at once.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def sync_repair(obj: CommandContext, resource: str, node: str | None, restart: bool,
+                no_wait: bool, as_json: bool) -> None:
+    """Re-send every row of RESOURCE to one node that is missing some (after a skipped
+    sequence, a dropped forward or a restored database); resumable like an initial
+    load, in chunks of capture.chunk_rows, applied at the other end like any change."""
+    cfg = obj.config()
+    if node is None:
+        if cfg.node.role == "center":
+            raise UsageError("name the subscriber to repair: exnode sync repair "
+                             f"{resource} --node NODE")
+        node = cfg.center.id
+    _run_load(obj, resource, restart, no_wait, as_json, node)
+
+
+def _run_load(obj: CommandContext, resource: str, restart: bool, no_wait: bool,
+              as_json: bool, node: str | None) -> None:
+    what = f"repair of {resource} for {node}" if node else f"initial load of {resource}"
+    kind = f"repair:{node}" if node else "initial"
     job = obj.call("POST", "/sync/initial",
-               {"resource": resource, "restart": restart})
+                   {"resource": resource, "restart": restart,
+                    **({"node": node} if node else {})})
     if no_wait:
-        obj.show(job, as_json,
-                 f"initial load of {resource} started ({job['rows']} rows sent so far)")
+        obj.show(job, as_json, f"{what} started ({job['rows']} rows sent so far)")
         return
 
     def poll() -> dict[str, Any]:
         jobs = obj.call("GET", "/sync/jobs")
-        return next(j for j in jobs if j["resource"] == resource and j["kind"] == "initial")
+        return next(j for j in jobs if j["resource"] == resource and j["kind"] == kind)
 
     show = sys.stderr.isatty() and not as_json
     job = poll()
     if show:
-        with click.progressbar(length=job["total"] or 0, label=f"initial load {resource}",
+        with click.progressbar(length=job["total"] or 0, label=what,
                                file=sys.stderr, show_pos=True) as bar:
             done = 0
             while job["status"] == "running":
@@ -72,9 +102,9 @@ def sync_load(obj: CommandContext, resource: str, initial: bool, restart: bool,
             time.sleep(0.5)
             job = poll()
     if job["status"] != "done":
-        raise ExnodeError(f"initial load of {resource} failed: {job.get('error')}")
-    obj.show(job, as_json, f"initial load of {resource}: {job['rows']} rows sent "
-         "(applied at the other end as they arrive; see 'exnode status')")
+        raise ExnodeError(f"{what} failed: {job.get('error')}")
+    obj.show(job, as_json, f"{what}: {job['rows']} rows sent "
+             "(applied at the other end as they arrive; see 'exnode status')")
 
 
 @sync.command("status")
@@ -83,8 +113,9 @@ def sync_load(obj: CommandContext, resource: str, initial: bool, restart: bool,
 def sync_status(obj: CommandContext, as_json: bool) -> None:
     """Resources: freshness per node, errors, open conflicts, initial loads."""
     st = obj.call("GET", "/status")
-    obj.show({"resources": st["resources"], "jobs": obj.call("GET", "/sync/jobs")}, as_json,
-             _status_text)
+    obj.show({"resources": st["resources"], "health": st.get("health"),
+              "problems": st.get("problems", []),
+              "jobs": obj.call("GET", "/sync/jobs")}, as_json, _status_text)
 
 
 def _status_text(d: dict[str, Any]) -> str:
@@ -95,9 +126,34 @@ def _status_text(d: dict[str, Any]) -> str:
                    + (f"  ({r['open_conflicts']} open conflicts)" if r["open_conflicts"] else ""))
         out += [f"    {n['node']:<16} last current {ago(n['last_current'])}"
                 + (" STALE" if n["stale"] else "") for n in r["nodes"]]
+    out += st_health(d)
     out += [f"initial load {j['resource']}: {j['status']}, {j['rows']}"
             + (f"/{j['total']}" if j["total"] else "") + " rows" for j in d["jobs"]]
     return "\n".join(out)
+
+
+def st_health(d: dict[str, Any]) -> list[str]:
+    """The health lines: per subscriber at the center, the center's view at a bureau."""
+    h = d.get("health")
+    if not h:
+        return []
+    out = []
+    if "received" in h:  # a bureau: the center's last report
+        for rid, e in sorted(h["resources"].items()):
+            out.append(f"{rid} at the center: {_state(e)}")
+            out += [f"    -> {n:<16} {_state(p)}" for n, p in sorted(e.get("nodes", {}).items())]
+    else:
+        for rid, nodes in h.items():
+            out += [f"{rid} -> {n:<16} {_state(p)}" for n, p in nodes.items()]
+    return out
+
+
+def _state(p: dict[str, Any]) -> str:
+    text = "ok" if p["state"] == "ok" else f"{p['state'].upper()}: {p.get('reason')}"
+    if p.get("behind"):
+        text += f" ({p['behind']} package(s) behind"
+        text += f" since {ago(p['since'])})" if p.get("since") else ")"
+    return text
 
 
 @sync.command("now")

@@ -11,7 +11,7 @@ import cbor2
 from sqlalchemy import select
 
 from exnode.adapters.rowcodec import decode_batch
-from exnode.node.base.errors import UsageError
+from exnode.node.base.errors import NotFound, UsageError
 from exnode.node.kernel.api import ServiceAPI
 
 from .apply import Applier
@@ -38,7 +38,7 @@ class Conflicts:
         with self.api.state.connect() as conn:
             r = conn.execute(select(conflicts).where(conflicts.c.id == cid)).mappings().first()
         if r is None:
-            raise UsageError(f"no conflict {cid}")
+            raise NotFound(f"no conflict {cid}")
         out = {k: v for k, v in dict(r).items() if k not in ("change", "current")}
         ch = decode_batch(r["change"]).changes[0]
         out["incoming"] = {"op": ch.op, "row": jsonable(ch.row)}
@@ -54,7 +54,7 @@ class Conflicts:
         with self.api.state.begin() as conn:
             r = conn.execute(select(conflicts).where(conflicts.c.id == cid)).mappings().first()
             if r is None:
-                raise UsageError(f"no conflict {cid}")
+                raise NotFound(f"no conflict {cid}")
             if r["status"] != "open":
                 raise UsageError(f"conflict {cid} is already resolved ({r['resolution']})")
             rid = r["resource"]

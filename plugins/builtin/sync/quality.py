@@ -22,7 +22,7 @@ import structlog
 from sqlalchemy import Connection, func, select
 
 from exnode.adapters.rowcodec import decode_batch, encode_batch
-from exnode.node.base.errors import ExnodeError, UsageError
+from exnode.node.base.errors import ExnodeError, NotFound, UsageError
 from exnode.node.kernel.api import ServiceAPI
 from exnode.policies.changes import Change, ChangeBatch
 
@@ -257,7 +257,7 @@ class Quality:
         with self.api.state.connect() as conn:
             r = conn.execute(select(quarantine).where(quarantine.c.id == qid)).mappings().first()
         if r is None:
-            raise UsageError(f"no quarantined row {qid}")
+            raise NotFound(f"no quarantined row {qid}")
         d = {k: v for k, v in dict(r).items() if k not in ("row", "violations")}
         d["violations"] = [{"rule": a, "field": b, "reason": c}
                            for a, b, c in cbor2.loads(r["violations"])]

@@ -72,7 +72,7 @@ notices = Table(
 sync_jobs = Table(
     "sync_jobs", metadata,
     Column("resource", String(128), primary_key=True),
-    Column("kind", String(16), primary_key=True),  # initial
+    Column("kind", String(80), primary_key=True),  # initial | repair:<node>
     Column("status", String(16), nullable=False),  # running|done|failed
     Column("rows", BigInteger, nullable=False, default=0),
     Column("total", BigInteger),

@@ -172,10 +172,21 @@ def test_nodes_invite_json(center):
 @pytest.mark.parametrize("args,fragment", [
     (["nodes", "invite", "Not Valid"], "not a valid node id"),
     (["nodes", "invite", "b9", "--ttl", "forever"], "not a duration"),
-    (["nodes", "approve", "nosuch"], "nosuch"),
 ])
 def test_nodes_usage_errors(center, args, fragment):
     line = one_line_error(exnode("-c", str(center), *args, cwd=center.parent), 2)
+    assert fragment in line
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["nodes", "approve", "nosuch"], "nosuch"),
+    (["nodes", "revoke", "nosuch"], "nosuch"),
+    (["log", "show", "0195f3c1-7d2e-7c4b-8a8e-0123456789ab"], "not known to this node"),
+    (["log", "show", "abcd"], "not known to this node"),
+])
+def test_what_is_not_there_is_exit_3_everywhere(center, args, fragment):
+    """One exit code for "not found" (issue 9, finding 7: it was 1 or 2 by command)."""
+    line = one_line_error(exnode("-c", str(center), *args, cwd=center.parent), 3)
     assert fragment in line
 
 
