@@ -485,6 +485,22 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
            for r in rows]))
 
 
+@nodes.command("invitations")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def nodes_invitations(ctx: click.Context, as_json: bool) -> None:
+    """Invitations whose token has not been used yet (a used one is gone)."""
+    from exnode.node.kernel import registry
+
+    _c, _i, eng = _center(ctx)
+    ctx.obj.show(registry.list_invitations(eng), as_json, lambda rows: "\n".join(
+        [f"{'NODE':<20} {'APPROVE':<8} {'CREATED':<20} EXPIRES"]
+        + [f"{r['node_id']:<20} {'yes' if r['approve'] else 'no':<8} "
+           f"{ts(r['created_at']):<20} {ts(r['expires'])}"
+           + (" (expired)" if r["expired"] else "") for r in rows]) if rows
+        else "no open invitations")
+
+
 def _status_cmd(action: str) -> Any:
     @click.argument("node_id")
     @click.option("--json", "as_json", is_flag=True)

@@ -170,6 +170,17 @@ def list_members(engine: Engine) -> list[dict[str, Any]]:
         return [dict(r) for r in rows]
 
 
+def list_invitations(engine: Engine) -> list[dict[str, Any]]:
+    """Open invitations (not yet used): node, whether it approves at once, when it was
+    made and when it expires. Never the secret."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(invites.c.node_id, invites.c.approve, invites.c.created_at,
+                                   invites.c.expires).order_by(invites.c.node_id)).mappings()
+        now = time.time()
+        return [{**dict(r), "approve": bool(r["approve"]), "expired": r["expires"] < now}
+                for r in rows]
+
+
 def build_gconf(engine: Engine, ident: idn.Identity, validity_s: float,
                 broker: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
     """Sign a new version of the global configuration from the registry."""

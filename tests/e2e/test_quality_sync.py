@@ -108,6 +108,14 @@ def test_rules_at_owner_and_center_quarantine_notice_and_retry(star):
                "the notice at b1")
     rep = json.loads(star.cli("b1", "quality", "report", "people", "--json").stdout)
     assert rep["per_rule"] == {"citizen_id": 1} and rep["rejections_received"] == 1
+    # the notice can be listed (issue 9, finding 7): which package, which key, why
+    rj = star.cli("b1", "sync", "rejections", "people", "--json")
+    assert rj.returncode == 0, rj.stderr
+    notes = json.loads(rj.stdout)
+    assert [(n["resource"], n["from"], n["refused"]) for n in notes] == [("people", "center",
+                                                                          1)]
+    assert notes[0]["items"][0]["key"] == ["3"] and notes[0]["items"][0]["reason"]
+    assert "refused by center" in star.cli("b1", "sync", "rejections").stdout
     crep = json.loads(star.cli("center", "quality", "report", "people", "--json").stdout)
     assert crep["per_rule"] == {"range": 1} and crep["quarantine_open"] == 1
 

@@ -189,6 +189,7 @@ class SyncService:
         router.get("/quarantine", self._quarantine_list)
         router.get("/quarantine/{id}", self._quarantine_show)
         router.post("/quarantine/{id}/{action}", self._quarantine_act)
+        router.get("/sync/rejections", self._rejections)
         router.get("/conflicts", self._conflicts)
         router.get("/conflicts/{id}", self._conflict_show)
         router.post("/conflicts/{id}/resolve", self._conflict_resolve)
@@ -230,6 +231,36 @@ class SyncService:
             raise UsageError(f"unknown action {req.params['action']}")
         out = await self.api.db(fn, _int(req.params["id"]))
         self.api.wake_outbox()
+        return out
+
+    async def _rejections(self, req: ControlRequest) -> Any:
+        return await self.api.db(self._rejection_list, req.query.get("resource"),
+                                 _int(req.query.get("limit", "100")))
+
+    def _rejection_list(self, rid: str | None, limit: int) -> list[dict[str, Any]]:
+        """Rejection notices the center sent this node: which package, how many of its
+        changes were refused, and why (keys and reasons)."""
+        import cbor2
+
+        from .tables import notices
+
+        q = select(notices).order_by(notices.c.id.desc()).limit(max(1, min(limit, 10_000)))
+        if rid:
+            q = q.where(notices.c.resource == rid)
+        with self.api.state.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        out = []
+        for r in rows:
+            try:
+                items = cbor2.loads(r["items"])
+            except Exception:
+                items = []
+            out.append({"id": r["id"], "resource": r["resource"], "from": r["src"],
+                        "pkg_id": r["pkg_id"], "received_at": r["received_at"],
+                        "refused": len(items),
+                        "items": [{"key": [str(k) for k in it[0]], "reason": str(it[1])}
+                                  for it in items[:1000] if isinstance(it, list)
+                                  and len(it) == 2 and isinstance(it[0], list)]})
         return out
 
     async def _conflicts(self, req: ControlRequest) -> Any:

@@ -132,6 +132,35 @@ def _status_text(d: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+@sync.command("rejections")
+@click.argument("resource", required=False)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def sync_rejections(obj: CommandContext, resource: str | None, limit: int,
+                    as_json: bool) -> None:
+    """Rejection notices from the center: changes of ours it refused, and why (ID
+    numbers in keys and reasons are masked)."""
+    from exnode.policies.quality import scrub_ids
+
+    q = f"?limit={limit}" + (f"&resource={resource}" if resource else "")
+    rows = obj.call("GET", "/sync/rejections" + q)
+    for r in rows:
+        for it in r["items"]:
+            it["key"] = [scrub_ids(k) for k in it["key"]]
+            it["reason"] = scrub_ids(it["reason"])
+
+    def text(rows: list[dict[str, Any]]) -> str:
+        out = []
+        for r in rows:
+            out.append(f"{ago(r['received_at'])}  {r['resource']}: {r['refused']} change(s) "
+                       f"of package {r['pkg_id'][:8]} refused by {r['from']}")
+            out += [f"    key {','.join(it['key'])}: {it['reason']}" for it in r["items"][:20]]
+        return "\n".join(out) or "no rejection notices"
+
+    obj.show(rows, as_json, text)
+
+
 def st_health(d: dict[str, Any]) -> list[str]:
     """The health lines: per subscriber at the center, the center's view at a bureau."""
     h = d.get("health")

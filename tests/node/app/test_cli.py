@@ -190,6 +190,17 @@ def test_what_is_not_there_is_exit_3_everywhere(center, args, fragment):
     assert fragment in line
 
 
+def test_open_invitations_are_listed_without_their_secret(center):
+    ok(exnode("-c", str(center), "nodes", "invite", "b6", "--approve", cwd=center.parent))
+    rows = json.loads(ok(exnode("-c", str(center), "nodes", "invitations", "--json",
+                                cwd=center.parent)).stdout)
+    b6 = next(r for r in rows if r["node_id"] == "b6")
+    assert b6["approve"] is True and b6["expired"] is False
+    assert set(b6) == {"node_id", "approve", "created_at", "expires", "expired"}
+    text = ok(exnode("-c", str(center), "nodes", "invitations", cwd=center.parent)).stdout
+    assert "b6" in text and "yes" in text
+
+
 def test_nodes_invite_on_a_bureau(bureau):
     line = one_line_error(exnode("-c", str(bureau), "nodes", "invite", "b2",
                                  cwd=bureau.parent), 2)
