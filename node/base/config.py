@@ -242,6 +242,10 @@ class ResourceSpec(_Model):
                                   "frequency; older resources are flagged in status.")
     subscribers: list[str] = Field(default_factory=list, description="(center) bureaus that "
                                    "receive this resource's changes.")
+    hold_max: int = Field(20_000, ge=1, le=10_000_000, description="(center) change "
+                          "packages held for a subscriber that is not a member yet, at most; "
+                          "later ones are dropped and shown, and 'exnode sync repair' "
+                          "brings its copy back once it is a member.")
     quality: dict[str, Any] | None = Field(
         None, description="Data rule checks (数据规则约束检查): 'clean' steps and 'rules', "
         "checked at the owner before sending and at the center on receipt; failing rows are "

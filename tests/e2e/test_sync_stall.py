@@ -248,3 +248,45 @@ def test_sync_repair_resends_a_resource_to_one_node(make_star, own_mosquitto, tm
     finally:
         for e in engines.values():
             e.dispose()
+
+
+def test_held_changes_are_bounded_and_repair_brings_the_rest(make_star, own_mosquitto,
+                                                             tmp_path):
+    """b2 subscribes but is not enrolled: at most `hold_max` (2) change packages are held
+    for it, later ones are dropped and shown with the command that repairs them; once
+    b2 is a member it gets the held ones, and `sync repair --node b2` the rest."""
+    nodes = ("center", "b1", "b2")
+    urls = {n: f"sqlite:///{tmp_path / n}.db" for n in nodes}
+    engines = {n: _people(u) for n, u in urls.items()}
+    res = {"database": "db", "table": "people", "key": ["id"]}
+    cap = {"strategy": "snapshot", "schedule": {"every": "1s"}, "chunk_rows": 100}
+    settings = {n: {"databases": {"db": {"url": urls[n]}},
+                    "resources": {"people": dict(res)}} for n in nodes}
+    settings["b1"]["resources"]["people"].update(owner="b1", capture=cap)
+    settings["center"]["resources"]["people"].update(owner="b1", subscribers=["b2"],
+                                                     hold_max=2)
+    star = make_star(own_mosquitto, bureaus=("b1", "b2"), node_settings=settings)
+    try:
+        star.init()
+        star.start("center")
+        star.enrol("b1")
+        star.start("b1")
+        for i in range(5):  # five capture cycles, one package each
+            _insert(engines["b1"], range(i * 10 + 1, i * 10 + 11))
+            wait_until(lambda i=i: _count(engines["center"]) == (i + 1) * 10, 30, 0.2,
+                       f"batch {i + 1} at the center")
+        people = next(r for r in star.status("center")["resources"]
+                      if r["resource"] == "people")
+        assert [(h["node"], h["packages"]) for h in people["held"]] == [("b2", 2)], people
+        dropped = {x["node"]: x for x in people["dropped"]}
+        assert dropped["b2"]["packages"] == 3, dropped
+        assert "exnode sync repair people --node b2" in dropped["b2"]["reason"]
+        star.enrol("b2")
+        star.start("b2")
+        wait_until(lambda: _count(engines["b2"]) == 20, 60, 0.3, "the held changes at b2")
+        r = star.cli("center", "sync", "repair", "people", "--node", "b2")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        wait_until(lambda: _count(engines["b2"]) == 50, 60, 0.3, "b2 repaired")
+    finally:
+        for e in engines.values():
+            e.dispose()

@@ -172,7 +172,12 @@ class SyncService:
                                      "reason": f"{d} is revoked; remove it from the "
                                                "subscribers"}
                                     for (d, r), n in sorted(self.forwards.dropped.items())
-                                    if r == rid],
+                                    if r == rid] + [
+                            {"node": d, "packages": n,
+                             "reason": f"more than {spec.hold_max} held for {d}; once it is a "
+                                       f"member: exnode sync repair {rid} --node {d}"}
+                            for (d, r), n in sorted(self.forwards.overflow.items())
+                            if r == rid],
                         "capture": spec.capture.strategy if spec.capture else None,
                         "last_cycle": self.capturer.last_cycle.get(rid)})
         return out

@@ -32,6 +32,8 @@ class Forwards:
         self.api = api
         self._held: set[tuple[str, str]] | None = None  # (dest, resource) with rows held
         self.dropped: dict[tuple[str, str], int] = {}  # (revoked dest, resource) -> count
+        self.overflow: dict[tuple[str, str], int] = {}  # dropped beyond MAX_HELD
+        self._counts: dict[tuple[str, str], int] = {}
 
     def _keys(self, conn: Connection) -> set[tuple[str, str]]:
         if self._held is None:
@@ -57,6 +59,19 @@ class Forwards:
             reason = f"{dest} is not an approved member"
         else:
             reason = "behind earlier held changes"
+        n = self._counts.get((dest, rid))
+        if n is None:
+            n = int(conn.execute(select(func.count()).where(
+                held_forwards.c.dest == dest, held_forwards.c.resource == rid)).scalar() or 0)
+        limit = self.api.config.resources[rid].hold_max
+        if n >= limit:
+            over = self.overflow.get((dest, rid), 0)
+            if over == 0:
+                log.warning("forward_dropped", resource=rid, node=dest,
+                            reason=f"more than {limit} packages held for it")
+            self.overflow[(dest, rid)] = over + 1
+            return
+        self._counts[(dest, rid)] = n + 1
         conn.execute(held_forwards.insert().values(dest=dest, resource=rid, data=data,
                                                    created=time.time(), reason=reason))
         if (dest, rid) not in held:
@@ -85,6 +100,7 @@ class Forwards:
                     conn.execute(held_forwards.delete().where(
                         held_forwards.c.id.in_([r.id for r in rows])))
             moved += len(rows)
+            self._counts.pop((dest, rid), None)
             if len(rows) < DRAIN_BATCH:
                 assert self._held is not None
                 self._held.discard((dest, rid))
