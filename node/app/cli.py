@@ -427,10 +427,13 @@ def _poke_gconf(ctx: click.Context) -> bool:
 @click.option("--broker-host", help="Broker address the bureau should use (default: this "
               "node's broker.host).")
 @click.option("--broker-port", type=click.IntRange(1, 65535), help="Broker port for the bureau.")
+@click.option("--readmit", is_flag=True, help="Invite a revoked node id again (it enrols "
+              "afresh; the changes held for it go out once it is approved).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def nodes_invite(ctx: click.Context, node_id: str, approve: bool, ttl: str,
-                 broker_host: str | None, broker_port: int | None, as_json: bool) -> None:
+                 broker_host: str | None, broker_port: int | None, readmit: bool,
+                 as_json: bool) -> None:
     """Issue a one-time enrolment token for NODE_ID."""
     from exnode.node.kernel import identity as idn
     from exnode.node.kernel import registry
@@ -447,13 +450,14 @@ def nodes_invite(ctx: click.Context, node_id: str, approve: bool, ttl: str,
             raise UsageError(f"'{node_id}' is not a valid node id")
         try:
             ans = ctx.obj.call("POST", "/nodes/invite", {"node": node_id, "ttl_s": ttl_s,
-                                                         "approve": approve}, timeout=30)
+                                                         "approve": approve,
+                                                         "readmit": readmit}, timeout=30)
         except DaemonNotRunning:
             raise UsageError("broker.dynsec: the center's daemon must be running to create "
                              "the node's broker account (start it, then invite)") from None
         secret, password = bytes.fromhex(ans["secret"]), ans["broker_password"]
     else:
-        secret = registry.invite(eng, cfg.node.id, node_id, ttl_s, approve)
+        secret = registry.invite(eng, cfg.node.id, node_id, ttl_s, approve, readmit)
     ca = ident.ca_cert
     assert ca is not None
     try:

@@ -208,7 +208,8 @@ class Node:
         node_id = req.arg("node")
         ttl_s = req.arg("ttl_s", float)
         approve = bool(req.arg("approve", bool, False))
-        secret = await self.db(registry.invite, self.engine, self.id, node_id, ttl_s, approve)
+        secret = await self.db(registry.invite, self.engine, self.id, node_id, ttl_s, approve,
+                               bool(req.arg("readmit", bool, False)))
         try:
             password = await access.create(node_id)
         except Exception:

@@ -36,8 +36,11 @@ def ensure_self(engine: Engine, ident: idn.Identity, role: str = "center") -> No
                 cert).serial_number), requested_at=now, updated_at=now))
 
 
-def invite(engine: Engine, ident_id: str, node_id: str, ttl_s: float, approve: bool) -> bytes:
-    """Record a one-time invitation and return its secret."""
+def invite(engine: Engine, ident_id: str, node_id: str, ttl_s: float, approve: bool,
+           readmit: bool = False) -> bytes:
+    """Record a one-time invitation and return its secret. A revoked id is invited again
+    only with ``readmit``: its old membership (keys, certificate) is gone from then on,
+    and it enrols afresh, preferably with new keys."""
     if not idn_valid(node_id):
         raise UsageError(f"'{node_id}' is not a valid node id")
     if node_id == ident_id:
@@ -48,9 +51,12 @@ def invite(engine: Engine, ident_id: str, node_id: str, ttl_s: float, approve: b
         m = conn.execute(select(members.c.status).where(members.c.id == node_id)).scalar()
         if m in ("approved", "pending"):
             raise UsageError(f"node '{node_id}' is already a member ({m})")
-        if m == "revoked":  # revocation is final for an id: its packages stay refused
-            raise UsageError(f"node '{node_id}' was revoked; a revoked id is not enrolled "
-                             "again (give the bureau a new node id)")
+        if m == "revoked" and not readmit:  # nothing brings a revoked member back silently
+            raise UsageError(f"node '{node_id}' was revoked; to let it enrol again, invite "
+                             "it with --readmit (it enrols afresh; give it new keys with "
+                             "'exnode init --force' if its keys may be compromised)")
+        if m == "revoked":
+            conn.execute(members.delete().where(members.c.id == node_id))
         conn.execute(invites.delete().where(invites.c.node_id == node_id))
         conn.execute(invites.insert().values(
             node_id=node_id, secret=secret, approve=int(approve),

@@ -168,11 +168,7 @@ class SyncService:
                             and now - self.api.started > limit),
                         "open_conflicts": sum(1 for r in open_conflicts if r == rid),
                         "held": held.get(rid, []),
-                        "dropped": [{"node": d, "packages": n,
-                                     "reason": f"{d} is revoked; remove it from the "
-                                               "subscribers"}
-                                    for (d, r), n in sorted(self.forwards.dropped.items())
-                                    if r == rid] + [
+                        "dropped": [
                             {"node": d, "packages": n,
                              "reason": f"more than {spec.hold_max} held for {d}; once it is a "
                                        f"member: exnode sync repair {rid} --node {d}"}

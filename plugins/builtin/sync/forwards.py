@@ -1,12 +1,14 @@
 """(center) Forwarding accepted changes to the subscribers without letting one of them
 stop the others.
 
-A subscriber that is not an approved member right now (not yet approved, not known)
-does not make the owner's package fail: its changes are held in the state DB
-(``held_forwards``), in order, and go out once it is a member. While a subscriber has
-changes held for a resource, newer ones queue behind them, so it receives them in the
-order the center accepted them. A revoked subscriber never comes back (an id is not
-enrolled again), so its changes are dropped, counted and shown instead of piling up.
+A subscriber that is not an approved member right now (not yet approved, not known,
+revoked) does not make the owner's package fail: its changes are held in the state DB
+(``held_forwards``), in order, and go out once it is a member (a revoked id comes back
+only when the operator readmits it: ``nodes invite ID --readmit``). While a subscriber
+has changes held for a resource, newer ones queue behind them, so it receives them in
+the order the center accepted them. At most ``hold_max`` packages are held per
+subscriber and resource; later ones are dropped, counted and shown with the command
+that brings the copy back (``exnode sync repair RES --node N``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ class Forwards:
     def __init__(self, api: ServiceAPI) -> None:
         self.api = api
         self._held: set[tuple[str, str]] | None = None  # (dest, resource) with rows held
-        self.dropped: dict[tuple[str, str], int] = {}  # (revoked dest, resource) -> count
         self.overflow: dict[tuple[str, str], int] = {}  # dropped beyond MAX_HELD
         self._counts: dict[tuple[str, str], int] = {}
 
@@ -49,13 +50,9 @@ class Forwards:
             self.api.enqueue(conn, dest, ROWS, rid, data)
             return
         if dest in d.revoked:
-            n = self.dropped.get((dest, rid), 0)
-            if n == 0:
-                log.warning("forward_dropped", resource=rid, node=dest,
-                            reason=f"{dest} is revoked; remove it from the subscribers")
-            self.dropped[(dest, rid)] = n + 1
-            return
-        if not d.has(dest):
+            reason = f"{dest} is revoked (held until it is readmitted, or remove it from " \
+                     "the subscribers)"
+        elif not d.has(dest):
             reason = f"{dest} is not an approved member"
         else:
             reason = "behind earlier held changes"
