@@ -85,8 +85,10 @@ def connect_error(e: BaseException, cfg: Config) -> str:
         who = f"user '{b.username}'" if b.username else "no user name set"
         why = "bad user name or password" if code in _BAD_LOGIN else \
             "not authorized (a bad user name or password, or a user the broker refuses)"
+        hint = ("; with broker.dynsec the center deletes a revoked node's account: was "
+                "this node revoked?" if cfg.node.role == "bureau" and b.username else "")
         return (f"connection refused by the broker: {why} ({who}; broker.username / "
-                "broker.password_file)")
+                f"broker.password_file){hint}")
     if isinstance(code, int):
         return f"connection refused by the broker: {rc} (code {code})"
     text = str(e)
