@@ -173,6 +173,8 @@ class Health:
                                                             "since")}
                                       for n, p in nodes.items() if n != node}
                 out.setdefault(node, {"resources": {}})["resources"][rid] = entry
+        for node in self.reports:  # whoever reports hears back, even about nothing
+            out.setdefault(node, {"resources": {}})
         return out
 
     # --- receiving -------------------------------------------------------------------------
@@ -211,6 +213,8 @@ class Health:
     # --- status ----------------------------------------------------------------------------
 
     def status(self, status: StatusBuilder) -> None:
+        if not self.api.config.resources:
+            return
         if self.api.is_center:
             self._center_status(status)
         else:
@@ -237,6 +241,10 @@ class Health:
             return
         if time.time() - v["received"] > 3 * self.every:
             status.problem(f"no health report from the center since {ago(v['received'])}")
+        for rid in sorted(set(self.api.config.resources) - set(v["resources"])):
+            lines.append(f"health    {rid}: the center does not report it")
+            status.problem(f"resource {rid}: the center has no such resource for this node "
+                           "(is it configured there, with this node as owner or subscriber?)")
         for rid, e in sorted(v["resources"].items()):
             lines.append(f"health    {rid} at the center: {_flag(e)} "
                          f"(reported {ago(v['received'])})")
