@@ -28,7 +28,7 @@ from exnode.plugins.manager import Registry, describe, make_manager
 from ..helpers import init_bureau
 from .building import clean_env, pip_install
 
-SYNC_KINDS = ["rejection", "rows", "verify-req", "verify-res", "zero"]  # built-in sync
+SYNC_KINDS = ["health", "rejection", "rows", "verify-req", "verify-res", "zero"]  # built-in sync
 # the kernel's own kinds: the exchange log's witness and the broker login's rotation
 KERNEL_KINDS = ["broker-login", "broker-login-ok", "log-head", "log-witness"]
 DIST, VERSION = "exnode-hello", "1.2.3"

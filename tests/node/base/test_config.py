@@ -238,4 +238,5 @@ def test_config_schema_is_json_with_descriptions(tmp_path):
 def test_config_schema_offers_only_real_settings():
     props = Config.model_json_schema()["properties"]
     assert set(props) == {"node", "broker", "center", "delivery", "state", "control",
-                          "gconf", "log", "plugins", "crypto", "databases", "resources"}
+                          "gconf", "log", "monitor", "plugins", "crypto", "databases",
+                          "resources"}
