@@ -428,8 +428,8 @@ def parse_config(text: str, source: str = "<memory>") -> Config:
             if loc[:n] in lines:
                 line = lines[loc[:n]]
                 break
-        where = ".".join(str(x) for x in loc) or "(top)"
-        msg = err["msg"]
+        where = ".".join(_key_text(x) for x in loc) or "(top)"
+        msg = " ".join(str(err["msg"]).split())
         if err["type"] == "extra_forbidden":
             msg = "unknown setting"
         elif err["type"] == "missing":
@@ -439,8 +439,15 @@ def parse_config(text: str, source: str = "<memory>") -> Config:
     cfg._source = source
     for path, msg in cfg.cross_check():
         line = lines.get(path, lines.get(path[:2], 1))
-        raise ConfigError(f"{source}:{line}: {'.'.join(map(str, path))}: {msg}")
+        raise ConfigError(f"{source}:{line}: {'.'.join(map(_key_text, path))}: {msg}")
     return cfg
+
+
+def _key_text(key: object) -> str:
+    """A setting's name for a one-line message: as written, or quoted when it holds a
+    line break or another character that would not print (a key nobody meant)."""
+    text = str(key)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
 def load_config(path: str | Path) -> Config:

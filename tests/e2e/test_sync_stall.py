@@ -10,6 +10,7 @@ own copy had committed, and every later package waited behind it for good.)
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -37,19 +38,28 @@ def _insert(eng: sa.Engine, ids: range) -> None:
         c.execute(sa.text("INSERT INTO people (id, name) VALUES (:i, :n)"),
                   [{"i": i, "n": f"张三{i}"} for i in ids])
 
+def _people_settings(urls: dict[str, str], subscribers: list[str], chunk_rows: int,
+                     **center: Any) -> dict[str, dict[str, Any]]:
+    """node_settings for a star where b1 owns `people` (snapshot capture every second)
+    and the center forwards it to ``subscribers``."""
+    res = {"database": "db", "table": "people", "key": ["id"]}
+    cap = {"strategy": "snapshot", "schedule": {"every": "1s"}, "chunk_rows": chunk_rows}
+    settings: dict[str, dict[str, Any]] = {
+        n: {"databases": {"db": {"url": u}}, "resources": {"people": dict(res)}}
+        for n, u in urls.items()}
+    settings["b1"]["resources"]["people"].update(owner="b1", capture=cap)
+    settings["center"]["resources"]["people"].update(owner="b1", subscribers=subscribers,
+                                                     **center)
+    return settings
+
+
 
 def test_a_revoked_and_an_unenrolled_subscriber_stall_nothing(make_star, own_mosquitto,
                                                                tmp_path):
     nodes = ("center", "b1", *SUBSCRIBERS)
     urls = {n: f"sqlite:///{tmp_path / n}.db" for n in nodes}
     engines = {n: _people(u) for n, u in urls.items()}
-    res = {"database": "db", "table": "people", "key": ["id"]}
-    cap = {"strategy": "snapshot", "schedule": {"every": "1s"}, "chunk_rows": 200}
-    settings = {n: {"databases": {"db": {"url": urls[n]}},
-                    "resources": {"people": dict(res)}} for n in nodes}
-    settings["b1"]["resources"]["people"].update(owner="b1", capture=cap)
-    settings["center"]["resources"]["people"].update(owner="b1",
-                                                     subscribers=list(SUBSCRIBERS))
+    settings = _people_settings(urls, list(SUBSCRIBERS), 200)
     star = make_star(own_mosquitto, bureaus=("b1", "b2", "b3", "b4"), node_settings=settings)
     try:
         star.init()
@@ -135,12 +145,7 @@ def test_a_row_the_shared_library_cannot_store_is_quarantined_not_blocking(make_
     with pg.begin() as c:
         c.execute(sa.text("CREATE TABLE people (id integer PRIMARY KEY, name varchar(8))"))
     engines["center"] = pg
-    res = {"database": "db", "table": "people", "key": ["id"]}
-    cap = {"strategy": "snapshot", "schedule": {"every": "1s"}, "chunk_rows": 50}
-    settings = {n: {"databases": {"db": {"url": urls[n]}},
-                    "resources": {"people": dict(res)}} for n in urls}
-    settings["b1"]["resources"]["people"].update(owner="b1", capture=cap)
-    settings["center"]["resources"]["people"].update(owner="b1", subscribers=["b2"])
+    settings = _people_settings(urls, ["b2"], 50)
     star = make_star(own_mosquitto, bureaus=("b1", "b2"), node_settings=settings)
     try:
         star.up()
@@ -179,12 +184,9 @@ def test_a_stopped_subscriber_shows_at_the_center_and_the_owner(make_star, own_m
     engines["b2"] = sa.create_engine(urls["b2"])
     with engines["b2"].begin() as c:
         c.execute(sa.text("CREATE TABLE people (id integer PRIMARY KEY)"))
-    res = {"database": "db", "table": "people", "key": ["id"]}
-    cap = {"strategy": "snapshot", "schedule": {"every": "1s"}, "chunk_rows": 200}
-    settings = {n: {"databases": {"db": {"url": urls[n]}}, "monitor": {"health_every_s": 2},
-                    "resources": {"people": dict(res)}} for n in nodes}
-    settings["b1"]["resources"]["people"].update(owner="b1", capture=cap)
-    settings["center"]["resources"]["people"].update(owner="b1", subscribers=["b2"])
+    settings = _people_settings(urls, ["b2"], 200)
+    for n in nodes:
+        settings[n]["monitor"] = {"health_every_s": 2}
     star = make_star(own_mosquitto, bureaus=("b1", "b2"), node_settings=settings)
     try:
         star.up()
@@ -228,12 +230,7 @@ def test_sync_repair_resends_a_resource_to_one_node(make_star, own_mosquitto, tm
     nodes = ("center", "b1", "b2")
     urls = {n: f"sqlite:///{tmp_path / n}.db" for n in nodes}
     engines = {n: _people(u) for n, u in urls.items()}
-    res = {"database": "db", "table": "people", "key": ["id"]}
-    cap = {"strategy": "snapshot", "schedule": {"every": "1s"}, "chunk_rows": 100}
-    settings = {n: {"databases": {"db": {"url": urls[n]}},
-                    "resources": {"people": dict(res)}} for n in nodes}
-    settings["b1"]["resources"]["people"].update(owner="b1", capture=cap)
-    settings["center"]["resources"]["people"].update(owner="b1", subscribers=["b2"])
+    settings = _people_settings(urls, ["b2"], 100)
     star = make_star(own_mosquitto, bureaus=("b1", "b2"), node_settings=settings)
     try:
         star.up()
@@ -270,13 +267,7 @@ def test_held_changes_are_bounded_and_repair_brings_the_rest(make_star, own_mosq
     nodes = ("center", "b1", "b2")
     urls = {n: f"sqlite:///{tmp_path / n}.db" for n in nodes}
     engines = {n: _people(u) for n, u in urls.items()}
-    res = {"database": "db", "table": "people", "key": ["id"]}
-    cap = {"strategy": "snapshot", "schedule": {"every": "1s"}, "chunk_rows": 100}
-    settings = {n: {"databases": {"db": {"url": urls[n]}},
-                    "resources": {"people": dict(res)}} for n in nodes}
-    settings["b1"]["resources"]["people"].update(owner="b1", capture=cap)
-    settings["center"]["resources"]["people"].update(owner="b1", subscribers=["b2"],
-                                                     hold_max=2)
+    settings = _people_settings(urls, ["b2"], 100, hold_max=2)
     star = make_star(own_mosquitto, bureaus=("b1", "b2"), node_settings=settings)
     try:
         star.init()

@@ -240,3 +240,13 @@ def test_config_schema_offers_only_real_settings():
     assert set(props) == {"node", "broker", "center", "delivery", "state", "control",
                           "gconf", "log", "monitor", "plugins", "crypto", "databases",
                           "resources"}
+
+
+def test_a_setting_name_with_a_line_break_is_quoted_in_one_line():
+    """Found by the config fuzz test: an unknown key "\\n" made a two-line error."""
+    import yaml
+
+    text = yaml.safe_dump({"node": {"id": "b1", "role": "bureau"}, "broker": {"\n": None}})
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "x.yaml")
+    assert "\n" not in str(e.value) and "broker.'\\n': unknown setting" in str(e.value)
