@@ -217,7 +217,10 @@ def _verify_text(rep: dict[str, Any]) -> str:
             out.append(f"  {n['node']:<16} {n['error']}")
             continue
         out.append(f"  {n['node']:<16} {n['count']:>10} rows  checksum "
-                   f"{n['checksum'][:16]}  {'same' if n['same'] else 'DIFFERENT'}")
+                   f"{n['checksum'][:16]}  {'same' if n['same'] else 'DIFFERENT'}"
+                   + (f"  ({n['quarantined']} quarantined, not counted as differences"
+                      + (f": {n['explained']})" if n.get("explained") else ")")
+                      if n.get("quarantined") else ""))
         if n.get("differences_at"):
             out.append(f"      which keys differ: run 'exnode sync verify {rep['resource']}' "
                        f"at {n['differences_at']}")

@@ -309,6 +309,19 @@ class Quality:
                 self.apply_and_forward(conn, rid, [change], r["src"],
                                        f"quarantine-{qid}-{int(time.time())}", ad=ad,
                                        retrying=qid)
+                # set aside again (the center's rules, or a value the database still
+                # cannot store): this entry stays open with the new reason, no second one
+                again = conn.execute(select(quarantine.c.id, quarantine.c.violations).where(
+                    quarantine.c.resource == rid, quarantine.c.key == r["key"],
+                    quarantine.c.status == "open", quarantine.c.id > qid)).first()
+                if again is not None:
+                    conn.execute(quarantine.delete().where(quarantine.c.id == again.id))
+                    conn.execute(quarantine.update().where(quarantine.c.id == qid).values(
+                        violations=again.violations, updated=time.time()))
+                    v = cbor2.loads(again.violations)
+                    return {"id": qid, "status": "open", "passed": False,
+                            "violations": [{"rule": x[0], "field": x[1], "reason": x[2]}
+                                           for x in v]}
             conn.execute(quarantine.update().where(quarantine.c.id == qid).values(
                 status="retried", updated=time.time()))
         return {"id": qid, "status": "retried", "passed": True}

@@ -96,6 +96,8 @@ def test_inexact_decimals_are_quarantined_not_rounded(make_star, system_broker, 
         assert not any(owner["differences"]["counts"][w]
                        for w in ("missing_there", "extra_there", "different"))
         assert next(n for n in rep["nodes"] if n["node"] == "b2")["same"]
+        text = star.cli("center", "sync", "verify", "prices").stdout
+        assert "2 quarantined, not counted as differences" in text, text
 
         # the owner fixes row 2: it arrives and its quarantine entry is closed
         with pg.begin() as c:
@@ -112,5 +114,13 @@ def test_inexact_decimals_are_quarantined_not_rounded(make_star, system_broker, 
         assert note["rule"] == "superseded" and "later change" in note["reason"]
         rep = json.loads(star.cli("center", "sync", "verify", "prices", "--json").stdout)
         assert rep["ok"] and rep["quarantined"] == 1, rep
+        # retrying [4] (still not storable) keeps its one entry open with the reason; it
+        # did not become 'retried' beside a second open entry
+        qid = next(x["id"] for x in q if x["key"] == "[4]")
+        r = star.cli("center", "quarantine", "retry", str(qid))
+        assert r.returncode == 1 and "still fails" in r.stdout, (r.stdout, r.stderr)
+        assert dict(db_rows(star, "center", "SELECT key, status FROM quarantine")) == \
+            {"[2]": "superseded", "[4]": "open"}
+        assert len(db_rows(star, "center", "SELECT id FROM quarantine")) == 2
     finally:
         pg.dispose()
