@@ -231,6 +231,9 @@ def call(sock: Path, method: str, path: str, body: dict[str, Any] | None = None,
         raise DaemonNotRunning(f"not allowed to use {sock} (run as the daemon's user)") from None
     except TimeoutError:
         raise ExnodeError(f"the daemon did not answer within {timeout:.0f} s") from None
+    except (ConnectionError, http.client.HTTPException):  # it stopped while answering
+        raise DaemonNotRunning(f"the daemon closed {sock} without an answer (did it stop? "
+                               "see its log, e.g. journalctl -u exnode)") from None
     finally:
         conn.close()
     try:

@@ -241,3 +241,26 @@ def test_the_cli_talks_only_to_a_daemon_of_the_folders_owner(tmp_path: Path) -> 
         os.kill(pid, 9)
         os.waitpid(pid, 0)
         listener.close()
+
+
+def test_a_daemon_that_dies_while_answering_is_a_one_line_error(tmp_path: Path) -> None:
+    """The daemon stops in the middle of a call (during `sync --initial`, say): one line,
+    not an internal error (issue 9)."""
+    path = tmp_path / "s.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+
+    def accept_and_hang_up() -> None:
+        c, _ = srv.accept()
+        c.recv(65536)
+        c.close()
+
+    t = threading.Thread(target=accept_and_hang_up, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(DaemonNotRunning, match="closed .* without an answer"):
+            call(path, "GET", "/status", timeout=5)
+    finally:
+        t.join(5)
+        srv.close()
