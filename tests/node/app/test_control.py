@@ -259,7 +259,7 @@ def test_a_daemon_that_dies_while_answering_is_a_one_line_error(tmp_path: Path) 
     t = threading.Thread(target=accept_and_hang_up, daemon=True)
     t.start()
     try:
-        with pytest.raises(DaemonNotRunning, match="closed .* without an answer"):
+        with pytest.raises(DaemonNotRunning, match=r"closed .* without an answer"):
             call(path, "GET", "/status", timeout=5)
     finally:
         t.join(5)
