@@ -141,11 +141,29 @@ class Inbox:
             self.meter.flush(conn, self.outbox.log)
             for wire, topic in items:
                 self._one(conn, wire, topic, res, acks)
-            for src, done in acks.items():
-                receipt = self.receipts.build(src, done)
-                if receipt is not None:
-                    res.publishes.append((self.topic_for(src), *receipt))
+            self._receipts(acks, res)
         return res
+
+    def _receipts(self, acks: Acks, res: BatchResult) -> None:
+        """One signed receipt per sender for what this batch settled."""
+        for src, done in acks.items():
+            receipt = self.receipts.build(src, done)
+            if receipt is not None:
+                res.publishes.append((self.topic_for(src), *receipt))
+
+    @staticmethod
+    def _last_seq(conn: Connection, src: str, resource: str) -> int:
+        """The last sequence of (src, resource) dealt with here (0: none yet)."""
+        return conn.execute(select(seq_in.c.last_seq).where(
+            seq_in.c.src == src, seq_in.c.resource == resource)).scalar() or 0
+
+    @staticmethod
+    def _set_last_seq(conn: Connection, src: str, resource: str, seq: int) -> None:
+        n = conn.execute(seq_in.update().where(seq_in.c.src == src,
+                                               seq_in.c.resource == resource)
+                         .values(last_seq=seq)).rowcount
+        if n == 0:
+            conn.execute(seq_in.insert().values(src=src, resource=resource, last_seq=seq))
 
     def _one(self, conn: Connection, wire: bytes, topic: str, res: BatchResult,
              acks: Acks) -> None:
@@ -240,8 +258,7 @@ class Inbox:
             return
         ordered = self._ordered(h)
         if ordered:
-            last = conn.execute(select(seq_in.c.last_seq).where(
-                seq_in.c.src == h.src, seq_in.c.resource == h.res)).scalar() or 0
+            last = self._last_seq(conn, h.src, h.res)
             if h.seq <= last:
                 self._refuse(conn, pkg, PackageError(
                     "stale-sequence", f"sequence {h.seq} <= {last} already applied"), acks)
@@ -314,8 +331,7 @@ class Inbox:
                  .where(inbox.c.status == "waiting").group_by(inbox.c.src, inbox.c.resource))
             out = []
             for src, rid, n, first, since in conn.execute(q).all():
-                last = conn.execute(select(seq_in.c.last_seq).where(
-                    seq_in.c.src == src, seq_in.c.resource == rid)).scalar() or 0
+                last = self._last_seq(conn, src, rid)
                 out.append({"src": src, "resource": rid, "waiting": int(n),
                             "missing_from": last + 1, "missing_to": int(first) - 1,
                             "since": since})
@@ -335,14 +351,8 @@ class Inbox:
             if first is None:
                 raise NotFound(f"nothing from '{src}' for '{resource}' waits for an earlier "
                                  "sequence")
-            last = conn.execute(select(seq_in.c.last_seq).where(
-                seq_in.c.src == src, seq_in.c.resource == resource)).scalar() or 0
-            n = conn.execute(seq_in.update().where(seq_in.c.src == src,
-                                                   seq_in.c.resource == resource)
-                             .values(last_seq=first - 1)).rowcount
-            if n == 0:
-                conn.execute(seq_in.insert().values(src=src, resource=resource,
-                                                    last_seq=first - 1))
+            last = self._last_seq(conn, src, resource)
+            self._set_last_seq(conn, src, resource, first - 1)
             self.outbox.log(conn, [{"pkg_id": "", "event": "skipped", "peer": src,
                                     "resource": resource, "kind": "", "size": 0,
                                     "status": "skipped",
@@ -350,12 +360,8 @@ class Inbox:
                                               + (f"-{first - 1}" if first - 1 > last + 1
                                                  else "")}])
             self._drain_waiting(conn, src, resource, first - 1, acks, res)
-            applied = conn.execute(select(seq_in.c.last_seq).where(
-                seq_in.c.src == src, seq_in.c.resource == resource)).scalar() or 0
-            for peer, done in acks.items():
-                receipt = self.receipts.build(peer, done)
-                if receipt is not None:
-                    res.publishes.append((self.topic_for(peer), *receipt))
+            applied = self._last_seq(conn, src, resource)
+            self._receipts(acks, res)
         return ({"src": src, "resource": resource, "skipped_from": last + 1,
                  "skipped_to": first - 1, "applied_to": applied}, res)
 
@@ -383,11 +389,7 @@ class Inbox:
         """An ordered stream has dealt with ``h.seq`` (applied or refused for good)."""
         if not self._ordered(h):
             return
-        n = conn.execute(seq_in.update().where(seq_in.c.src == h.src,
-                                               seq_in.c.resource == h.res)
-                         .values(last_seq=h.seq)).rowcount
-        if n == 0:
-            conn.execute(seq_in.insert().values(src=h.src, resource=h.res, last_seq=h.seq))
+        self._set_last_seq(conn, h.src, h.res, h.seq)
 
     def _refuse(self, conn: Connection, pkg: envelope.Package, e: PackageError,
                 acks: Acks) -> None:

@@ -113,12 +113,14 @@ def _run_load(obj: CommandContext, resource: str, restart: bool, no_wait: bool,
 def sync_status(obj: CommandContext, as_json: bool) -> None:
     """Resources: freshness per node, errors, open conflicts, initial loads."""
     st = obj.call("GET", "/status")
+    health = st.get("text", {}).get("health", [])  # the daemon's lines, as in 'status'
     obj.show({"resources": st["resources"], "health": st.get("health"),
               "problems": st.get("problems", []),
-              "jobs": obj.call("GET", "/sync/jobs")}, as_json, _status_text)
+              "jobs": obj.call("GET", "/sync/jobs")}, as_json,
+             lambda d: _status_text(d, health))
 
 
-def _status_text(d: dict[str, Any]) -> str:
+def _status_text(d: dict[str, Any], health: list[str]) -> str:
     out = []
     for r in d["resources"]:
         flag = "STOPPED: " + r["error"] if r["error"] else "STALE" if r["stale"] else "ok"
@@ -126,7 +128,7 @@ def _status_text(d: dict[str, Any]) -> str:
                    + (f"  ({r['open_conflicts']} open conflicts)" if r["open_conflicts"] else ""))
         out += [f"    {n['node']:<16} last current {ago(n['last_current'])}"
                 + (" STALE" if n["stale"] else "") for n in r["nodes"]]
-    out += st_health(d)
+    out += health
     out += [f"initial load {j['resource']}: {j['status']}, {j['rows']}"
             + (f"/{j['total']}" if j["total"] else "") + " rows" for j in d["jobs"]]
     return "\n".join(out)
@@ -159,30 +161,6 @@ def sync_rejections(obj: CommandContext, resource: str | None, limit: int,
         return "\n".join(out) or "no rejection notices"
 
     obj.show(rows, as_json, text)
-
-
-def st_health(d: dict[str, Any]) -> list[str]:
-    """The health lines: per subscriber at the center, the center's view at a bureau."""
-    h = d.get("health")
-    if not h:
-        return []
-    out = []
-    if "received" in h:  # a bureau: the center's last report
-        for rid, e in sorted(h["resources"].items()):
-            out.append(f"{rid} at the center: {_state(e)}")
-            out += [f"    -> {n:<16} {_state(p)}" for n, p in sorted(e.get("nodes", {}).items())]
-    else:
-        for rid, nodes in h.items():
-            out += [f"{rid} -> {n:<16} {_state(p)}" for n, p in nodes.items()]
-    return out
-
-
-def _state(p: dict[str, Any]) -> str:
-    text = "ok" if p["state"] == "ok" else f"{p['state'].upper()}: {p.get('reason')}"
-    if p.get("behind"):
-        text += f" ({p['behind']} package(s) behind"
-        text += f" since {ago(p['since'])})" if p.get("since") else ")"
-    return text
 
 
 @sync.command("now")
