@@ -215,6 +215,75 @@ class CaptureSpec(_Model):
         "period); 60s without a freshness.")
 
 
+class ElementSpec(_Model):
+    """A data element (数据项) of a resource, as the catalog describes it."""
+
+    name: str = Field(description="Field name in the table.")
+    cn_name: str | None = Field(None, description="Chinese name (中文名称).")
+    type: str | None = Field(None, description="Data type (filled in from the table).")
+    length: int | None = Field(None, ge=0, description="Length (filled in from the table).")
+    description: str | None = Field(None, description="What the field holds.")
+    standard: str | None = Field(None, description="Code table or standard the values "
+                                 "follow (e.g. GB/T 2260 for region codes).")
+
+
+class CatalogSpec(_Model):
+    """A resource's catalog entry (目录): GB/T 21063.3's core metadata, published by the
+    owner to the center and distributed to every node."""
+
+    name: str = Field(description="Resource name (信息资源名称), mandatory.")
+    abstract: str = Field(description="Abstract (摘要), mandatory.")
+    provider: str | None = Field(None, description="Provider (提供方) as shown to people, "
+                                 "e.g. the bureau's name (default: the owner's node id).")
+    classification: str = Field(description="Classification (分类), e.g. a theme code.")
+    resource_id: str | None = Field(None, max_length=128, description="Resource identifier "
+                                    "(信息资源标识符; default: classification/resource id).")
+    metadata_id: str | None = Field(None, max_length=128, description="Metadata identifier "
+                                    "(元数据标识符; default: made from the resource id).")
+    format: str | None = Field("database table", description="Resource format.")
+    keywords: list[str] = Field(default_factory=list, description="Keywords (关键字).")
+    share: Literal["unconditional", "conditional", "none"] = Field(
+        "conditional", description="Share type: unconditional (无条件共享: granted on "
+        "request), conditional (有条件共享: reviewed by the center, answered by the "
+        "provider) or none (不予共享: cannot be requested).")
+    share_condition: str | None = Field(None, description="For conditional sharing: the "
+                                        "conditions and the basis.")
+    open_type: Literal["open", "conditional", "closed"] = Field(
+        "closed", description="Open type (开放属性) to the public.")
+    update_frequency: str | None = Field(None, description="Update frequency (更新周期), "
+                                         "e.g. daily, real-time.")
+    release_date: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$",
+                                     description="Release date (发布日期), YYYY-MM-DD.")
+    online_address: str | None = Field(None, description="Online address (在线资源链接地址).")
+    held_at: Literal["center", "owner"] = Field(
+        "center", description="Where the data is answered from: the center's shared "
+        "library (center) or the owning bureau, through the center (owner; 适度分布).")
+    publish_days: int = Field(0, ge=0, le=60, description="Working days the provider needs "
+                              "before the data can be shared (10 when it must first be "
+                              "published; 0: it is already shared).")
+    elements: list[ElementSpec] = Field(default_factory=list, description="Data elements "
+                                        "(数据项); those not written are filled in from the "
+                                        "table's reflection.")
+
+
+class AccessSection(_Model):
+    """Access requests and grants (目录授权): time limits in working days (工作日)."""
+
+    review_days: int = Field(2, ge=1, le=60, description="(center) Working days for the "
+                             "center's compliance review of a conditional request.")
+    answer_days: int = Field(5, ge=1, le=60, description="Working days for the provider's "
+                             "answer to a reviewed request.")
+    correction_days: int = Field(5, ge=1, le=60, description="Working days for the owner to "
+                                 "answer a correction (校核纠错).")
+    calendar_file: str | None = Field(None, description="Operator-edited working-day calendar "
+                                      "for years the built-in one does not know (see README), "
+                                      "relative to this file.")
+    timezone: str = Field("Asia/Shanghai", description="Time zone the working days are "
+                          "counted in.")
+    max_grant_days: int = Field(366, ge=1, le=3660, description="(center) Longest a grant "
+                                "may last; a request without --until gets this.")
+
+
 class ResourceSpec(_Model):
     database: str = Field(description="Name of a connection in 'databases'.")
     table: str | None = Field(None, description="Table the resource maps.")
@@ -253,6 +322,9 @@ class ResourceSpec(_Model):
     quality_file: str | None = Field(
         None, description="A YAML file with the same 'clean', 'rules' and 'code_tables' "
         "(instead of 'quality'), relative to this file.")
+    catalog: CatalogSpec | None = Field(
+        None, description="(owner) The resource's catalog entry (目录), published to the "
+        "center and distributed to every node. See README, 'Sharing services'.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -283,6 +355,7 @@ class Config(_Model):
     gconf: GconfSection = Field(default_factory=GconfSection)
     log: LogSection = Field(default_factory=LogSection)
     monitor: MonitorSection = Field(default_factory=MonitorSection)
+    access: AccessSection = Field(default_factory=AccessSection)
     plugins: PluginsSection = Field(default_factory=PluginsSection)
     crypto: CryptoSection = Field(default_factory=CryptoSection)
     databases: dict[str, DatabaseSpec] = Field(

@@ -53,3 +53,10 @@ class Deferred(PackageError):
     unacknowledged, so the sender keeps it and tries again later. Raised by a package
     handler; the kernel logs it as ``deferred`` and applies nothing after it in the same
     (source, resource) order."""
+
+
+class Refused(PackageError):
+    """Access was refused by the grants (目录授权): not granted, expired, revoked, over
+    its rate or quota, a field outside the grant. ``reason`` says which."""
+
+    exit_code = 4

@@ -27,6 +27,7 @@ from exnode.node.base.config import Config
 
 if TYPE_CHECKING:
     from exnode.node.kernel.envelope import Header
+    from exnode.node.kernel.grants import GrantLedger
 
 Party = Literal["center", "bureau", "any"]
 
@@ -40,7 +41,10 @@ class KindSpec:
     ``senders``/``recipients``: which role may send the kind, and to which role
     ("center", "bureau" or "any"). ``relay``: whether the center forwards it from one
     bureau to another, still sealed. ``ordered``: packages of the kind are applied in
-    sequence order per (source, resource).
+    sequence order per (source, resource). ``grant``: the service whose grant on the
+    package's resource is needed (``query``, ``verify``...), held by the sender
+    (``grant_of="sender"``, a request) or by every recipient (``"recipient"``, an answer);
+    the kernel checks it when the center relays the package and again at the recipient.
     """
 
     name: str
@@ -49,6 +53,8 @@ class KindSpec:
     senders: Party = "any"
     recipients: Party = "any"
     relay: bool = True
+    grant: str | None = None
+    grant_of: Literal["sender", "recipient"] = "sender"
 
 
 @dataclass
@@ -137,6 +143,12 @@ class ServiceAPI(Protocol):
 
     @property
     def plugins(self) -> PluginRegistry: ...
+
+    @property
+    def grants(self) -> GrantLedger:
+        """The grants this node knows (目录授权): check them before reading data for
+        anyone; the access service writes them."""
+        ...
 
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` in the state-DB worker thread (one writer, in order)."""

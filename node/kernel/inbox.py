@@ -22,7 +22,7 @@ from exnode.node.kernel.api import ApplyContext, KindSpec
 from exnode.node.kernel.directory import Members
 from exnode.node.kernel.outbox import Outbox
 from exnode.node.kernel.receipts import RECEIPT, Receipts
-from exnode.node.kernel.relay import Relay, check_parties
+from exnode.node.kernel.relay import Relay, check_grant, check_parties
 from exnode.node.kernel.state import inbox, peers, seq_in
 from exnode.node.kernel.topics import Topics
 
@@ -405,6 +405,7 @@ class Inbox:
         the center never relays comes to a bureau only from the center."""
         center = self.cfg.center_id
         check_parties(spec, h.src, [self.id], center)
+        check_grant(spec, h, [self.id], self.relay.grants)
         if not spec.relay and not self.is_center and h.src != center:
             raise PackageError("not-from-center", f"'{h.kind}' packages come to a bureau "
                                f"only from the center, not from {h.src}")

@@ -30,6 +30,7 @@ from exnode.node.kernel.api import ControlRequest, KindSpec, Router
 from exnode.node.kernel.batching import Batcher
 from exnode.node.kernel.directory import Enrolment, Gconf, Members
 from exnode.node.kernel.framing import Reassembler
+from exnode.node.kernel.grants import GrantLedger
 from exnode.node.kernel.inbox import BatchResult, Inbox
 from exnode.node.kernel.login import LoginRotation
 from exnode.node.kernel.outbox import Outbox
@@ -76,8 +77,10 @@ class Node:
                              lambda kind: kind in self.plugins.ordered, self.counters)
         self.receipts = Receipts(cfg, self.identity, suite, self.suites, self.members,
                                  self.outbox.log, self.counters)
+        self.grants = GrantLedger(self.engine)
+        self.grants.load()
         self.relay = relay = Relay(self.id, self.members, self.topics, self.outbox.log,
-                                   self.counters, self.plugins.kinds)
+                                   self.counters, self.plugins.kinds, self.grants)
         self.inbox = Inbox(cfg, self.engine, self.identity, self.suites,
                            self.plugins.kinds, self.members, self.outbox, self.receipts,
                            relay, self.topics, self.counters)

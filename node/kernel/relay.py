@@ -15,6 +15,7 @@ from exnode.node.base.errors import PackageError
 from exnode.node.kernel import envelope
 from exnode.node.kernel.api import KindSpec, Party
 from exnode.node.kernel.directory import Members
+from exnode.node.kernel.grants import GrantLedger
 from exnode.node.kernel.topics import Topics
 
 RECEIPT = "receipt"
@@ -40,6 +41,16 @@ def check_parties(spec: KindSpec, src: str, rcpt: list[str], center_id: str) -> 
                                f"{_role(r, center_id)} ({r})")
 
 
+def check_grant(spec: KindSpec, h: envelope.Header, targets: list[str],
+                grants: GrantLedger | None) -> None:
+    """The third wall: a kind that needs a grant passes only when its sender (a
+    request) or every recipient (an answer) holds one in force on the resource."""
+    if spec.grant is None or grants is None:
+        return
+    for who in ([h.src] if spec.grant_of == "sender" else targets):
+        grants.check(h.res, who, spec.grant)
+
+
 class Relay:
     """Relays for one center. Repeats of a package it has relayed are dropped until the
     gap since the last relay of it has doubled (1 s, 2 s, 4 s, ... at most 30 s): a
@@ -52,8 +63,10 @@ class Relay:
 
     def __init__(self, node_id: str, members: Members, topics: Topics,
                  log: Callable[[Connection, list[dict[str, Any]]], None],
-                 counters: dict[str, int], kinds: Mapping[str, KindSpec]) -> None:
+                 counters: dict[str, int], kinds: Mapping[str, KindSpec],
+                 grants: GrantLedger | None = None) -> None:
         self.id = node_id
+        self.grants = grants
         self.members = members
         self.kinds = kinds
         # pkg id -> (when it may be relayed again, the gap after that, its expiry)
@@ -124,6 +137,7 @@ class Relay:
                 raise PackageError("not-relayed", f"'{h.kind}' packages travel only between a "
                                    "bureau and the center; the center relays none")
             check_parties(spec, h.src, targets, self.id)
+            check_grant(spec, h, targets, self.grants)
         for r in targets:
             if r in d.revoked or d.get(r) is None:
                 raise PackageError("unknown-recipient", f"'{r}' is not an approved member")

@@ -15,6 +15,7 @@ from exnode.node.base.config import Config
 from exnode.node.base.fmt import ago
 from exnode.node.kernel import exlog
 from exnode.node.kernel.api import DirectoryView, PluginRegistry
+from exnode.node.kernel.grants import GrantLedger
 from exnode.node.kernel.state import inbox, peers
 
 if TYPE_CHECKING:
@@ -62,6 +63,10 @@ class KernelAPI:
     @property
     def plugins(self) -> PluginRegistry:
         return self._node.plugins
+
+    @property
+    def grants(self) -> GrantLedger:
+        return self._node.grants
 
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self._node.db(fn, *args)

@@ -157,6 +157,30 @@ log_witness = Table(
     Column("last_alert", String(200), nullable=False),
 )
 
+# grants (目录授权): the center's ledger, and each holder's and grantee's copy of the
+# grants that concern it (node/kernel/grants.py)
+grants = Table(
+    "grants", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("resource", String(128), nullable=False),
+    Column("grantee", String(64), nullable=False),
+    Column("service", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("granted_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("doc", Text, nullable=False),  # the whole grant as JSON (policies.grants)
+    Index("ix_grants_who", "resource", "grantee", "service"),
+)
+
+# records used per grant and day (daily quotas survive a restart)
+grant_use = Table(
+    "grant_use", metadata,
+    Column("grant_id", String(36), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("records", BigInteger, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+)
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
