@@ -178,7 +178,9 @@ class WorkCalendar:
 
     def working_days_between(self, a: float, b: float) -> int:
         """Working days after ``a``'s local date up to and including ``b``'s (0 when ``b``
-        is not after ``a``): how many working days a deadline ``a`` was missed by at ``b``."""
+        is not after ``a``). ``working_days_between(start, deadline(start, n) - 1) == n``;
+        for a deadline ``d`` that has passed, ``working_days_between(d - 1, now)`` is how
+        many working days it is overdue by, the current one included."""
         if b <= a:
             return 0
         da, db = self._local_date(a), self._local_date(b)
@@ -284,7 +286,7 @@ def _parse(text: str, name: str) -> dict[int, YearRule]:
     top = mapping(root, "(top)")
     for key, (k, _) in top.items():
         if key != "years":
-            raise fail(k, key, "unknown setting (the file has only 'years')")
+            raise fail(k, _show(key), "unknown setting (the file has only 'years')")
     if "years" not in top or _is_null(top["years"][1]):
         return {}
     years: dict[int, YearRule] = {}
