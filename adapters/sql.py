@@ -553,6 +553,96 @@ class SqlAdapter:
                     out[self.key_of(row)] = row
         return out
 
+    # ---- reading for the sharing services (query, verification, catalog) ----
+
+    @property
+    def source(self) -> sa.Table | sa.Subquery:
+        """The reflected table (or described query): what structured filters compile
+        against (``exnode.policies.filters``)."""
+        self._need_open()
+        assert self._source is not None
+        return self._source
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each exchanged field's name, database type and length, for the catalog's
+        data elements (数据项)."""
+        self._need_open()
+        out = []
+        for f, c in self._cols.items():
+            t = c.column.type
+            length = getattr(t, "length", None) or getattr(t, "precision", None)
+            try:
+                tname = str(t.compile(dialect=self.engine.dialect))
+            except Exception:  # a type the dialect cannot print
+                tname = type(t).__name__
+            out.append({"name": f, "type": tname.lower(),
+                        "length": length if isinstance(length, int) else None})
+        return out
+
+    def page(self, fields: list[str], where: sa.ColumnElement[bool] | None,
+             order: list[Any] | None, after: tuple[Any, ...] | None, limit: int,
+             conn: Connection | None = None) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` rows of ``fields`` (tuples, values as the row source gives
+        them) matching ``where``; in ``order`` (SQLAlchemy clauses) when given, else in
+        key order resuming after the key ``after`` (keyset pagination: each page is one
+        short query, whatever the size of the table). Key order puts the key fields
+        first in each tuple when ``after`` is used: the caller reads the key there."""
+        self._need_open()
+        for f in fields:
+            if f not in self._cols:
+                raise ValueError(f"unknown field {f}")
+        kcols = self._key_cols()
+        sel_fields = fields if order else [k for k in self.spec.key] + \
+            [f for f in fields if f not in self.spec.key]
+        stmt = sa.select(*[self._cols[f].column.label(f) for f in sel_fields])
+        if where is not None:
+            stmt = stmt.where(where)
+        if order:
+            stmt = stmt.order_by(*order)
+        else:
+            if after is not None:
+                stmt = stmt.where(self.dialect.keyset_after(
+                    [c.column for c in kcols], self._bind_key(kcols, after)))
+            stmt = stmt.order_by(*[c.column for c in kcols])
+        stmt = stmt.limit(limit)
+        conv = [_from_db_converter(self._cols[f].kind) for f in sel_fields]
+        def run(c: Connection) -> list[tuple[Any, ...]]:
+            if not any(conv):
+                return [tuple(r) for r in c.execute(stmt)]
+            return [tuple(fn(v) if fn else v for fn, v in zip(conv, r, strict=True))
+                    for r in c.execute(stmt)]
+        if conn is not None:
+            return run(conn)
+        with self._connect() as c:
+            return run(c)
+
+    def lookup(self, keys: list[tuple[Any, ...]], fields: list[str]) \
+            -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        """Key -> the values of ``fields`` for the keys present (bounded IN lists)."""
+        self._need_open()
+        kcols = self._key_cols()
+        sel = [k for k in self.spec.key] + list(fields)
+        conv = [_from_db_converter(self._cols[f].kind) for f in sel]
+        nk = len(kcols)
+        out: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        step = self.dialect.keys_per_statement(nk)
+        with self._connect() as conn:
+            for i in range(0, len(keys), step):
+                part = []
+                for k in keys[i:i + step]:
+                    try:
+                        part.append(self._bind_key(kcols, k))
+                    except SchemaMismatch:
+                        continue  # a key value this column cannot hold is not there
+                if not part:
+                    continue
+                stmt = sa.select(*[self._cols[f].column.label(f) for f in sel]).where(
+                    self.dialect.keys_in([c.column for c in kcols], part))
+                for r in conn.execute(stmt):
+                    vals = tuple(fn(v) if fn else v for fn, v in zip(conv, r, strict=True))
+                    out[vals[:nk]] = vals[nk:]
+        return out
+
     # ---- fingerprints ----
 
     def count(self) -> int:

@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("sql", "exnode.plugins.builtin.sql"),
     ("basic", "exnode.plugins.builtin.basic"),
     ("sync", "exnode.plugins.builtin.sync"),
+    ("catalog", "exnode.plugins.builtin.catalog"),
     ("tools", "exnode.node.tools.commands"),
 )
 

@@ -150,6 +150,15 @@ class ServiceAPI(Protocol):
         anyone; the access service writes them."""
         ...
 
+    @property
+    def catalog(self) -> CatalogView:
+        """The catalog as the catalog service keeps it (empty when it is not loaded)."""
+        ...
+
+    def provide_catalog(self, view: CatalogView) -> None:
+        """(the catalog service) Be the catalog other services read."""
+        ...
+
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` in the state-DB worker thread (one writer, in order)."""
         ...
@@ -207,6 +216,16 @@ class ServiceAPI(Protocol):
     def call_soon(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` in the event loop (thread-safe; for handlers in the DB thread)."""
         ...
+
+
+class CatalogView(Protocol):
+    """The resource catalog (目录) as other services read it: the current entry of each
+    resource (a JSON-able dict: name, provider node, share type, where it is held, its
+    fields...), or None for a resource the catalog does not list."""
+
+    def entry(self, resource: str) -> dict[str, Any] | None: ...
+
+    def entries(self) -> list[dict[str, Any]]: ...
 
 
 class PluginRegistry(Protocol):

@@ -26,7 +26,7 @@ from exnode.node.base.config import Config
 from exnode.node.base.errors import ConfigError, PackageError, UsageError
 from exnode.node.kernel import dynsec, exlog
 from exnode.node.kernel import identity as idn
-from exnode.node.kernel.api import ControlRequest, KindSpec, Router
+from exnode.node.kernel.api import CatalogView, ControlRequest, KindSpec, Router
 from exnode.node.kernel.batching import Batcher
 from exnode.node.kernel.directory import Enrolment, Gconf, Members
 from exnode.node.kernel.framing import Reassembler
@@ -36,7 +36,7 @@ from exnode.node.kernel.login import LoginRotation
 from exnode.node.kernel.outbox import Outbox
 from exnode.node.kernel.receipts import Receipts
 from exnode.node.kernel.relay import Relay
-from exnode.node.kernel.services import KernelAPI, Status
+from exnode.node.kernel.services import KernelAPI, NoCatalog, Status
 from exnode.node.kernel.state import open_state
 from exnode.node.kernel.topics import Topics
 from exnode.node.kernel.transport import Transport, client_id, sleep_or_stop
@@ -77,6 +77,7 @@ class Node:
                              lambda kind: kind in self.plugins.ordered, self.counters)
         self.receipts = Receipts(cfg, self.identity, suite, self.suites, self.members,
                                  self.outbox.log, self.counters)
+        self.catalog: CatalogView = NoCatalog()
         self.grants = GrantLedger(self.engine)
         self.grants.load()
         self.relay = relay = Relay(self.id, self.members, self.topics, self.outbox.log,

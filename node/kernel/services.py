@@ -14,12 +14,22 @@ from sqlalchemy import Connection, Engine, func, select
 from exnode.node.base.config import Config
 from exnode.node.base.fmt import ago
 from exnode.node.kernel import exlog
-from exnode.node.kernel.api import DirectoryView, PluginRegistry
+from exnode.node.kernel.api import CatalogView, DirectoryView, PluginRegistry
 from exnode.node.kernel.grants import GrantLedger
 from exnode.node.kernel.state import inbox, peers
 
 if TYPE_CHECKING:
     from exnode.node.kernel.node import Node
+
+
+class NoCatalog:
+    """The catalog when no catalog service is loaded: it lists nothing."""
+
+    def entry(self, resource: str) -> dict[str, Any] | None:
+        return None
+
+    def entries(self) -> list[dict[str, Any]]:
+        return []
 
 
 class KernelAPI:
@@ -67,6 +77,13 @@ class KernelAPI:
     @property
     def grants(self) -> GrantLedger:
         return self._node.grants
+
+    @property
+    def catalog(self) -> CatalogView:
+        return self._node.catalog
+
+    def provide_catalog(self, view: CatalogView) -> None:
+        self._node.catalog = view
 
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self._node.db(fn, *args)

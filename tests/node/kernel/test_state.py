@@ -79,7 +79,9 @@ def test_fresh_database_has_every_table(eng):
     assert "freshness" not in kernel_metadata.tables
 
 
-LATER_TABLES = ["grants", "grant_use"]
+LATER_TABLES = ["grants", "grant_use", "catalog_entries"]
+# made by a migration on one database only (PostgreSQL's trigram index for search)
+DIALECT_ONLY_INDEXES = {"ix_catalog_trgm"}
 
 
 def test_state_db_from_before_the_service_branches_upgrades_in_place(url):
@@ -122,7 +124,8 @@ def test_every_column_and_index_is_there(eng):
                 assert cols[c.name]["nullable"] == c.nullable, f"{name}.{c.name}"
             pk = insp.get_pk_constraint(name)["constrained_columns"]
             assert pk == [c.name for c in table.primary_key.columns], name
-            have = {(i["name"], tuple(i["column_names"])) for i in insp.get_indexes(name)}
+            have = {(i["name"], tuple(i["column_names"])) for i in insp.get_indexes(name)
+                    if i["name"] not in DIALECT_ONLY_INDEXES}
             want = {(i.name, tuple(c.name for c in i.columns)) for i in table.indexes}
             assert have == want, name
 
