@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("basic", "exnode.plugins.builtin.basic"),
     ("sync", "exnode.plugins.builtin.sync"),
     ("catalog", "exnode.plugins.builtin.catalog"),
+    ("access", "exnode.plugins.builtin.access"),
     ("tools", "exnode.node.tools.commands"),
 )
 

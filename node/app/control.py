@@ -244,7 +244,7 @@ def call(sock: Path, method: str, path: str, body: dict[str, Any] | None = None,
         err = ExnodeError(out.get("error", f"HTTP {resp.status}") if isinstance(out, dict)
                           else f"HTTP {resp.status}")
         code = out.get("exit") if isinstance(out, dict) else None
-        if type(code) is int and 1 <= code <= 3:
+        if type(code) is int and 1 <= code <= 4:
             err.exit_code = code
         raise err
     return out

@@ -254,7 +254,7 @@ class ControlRequest:
         """A body field converted with ``kind``; a missing or bad one is a 400 answer."""
         from exnode.node.base.errors import UsageError
 
-        if name not in self.body:
+        if name not in self.body or (self.body[name] is None and default is not ...):
             if default is ...:
                 raise UsageError(f"bad request: '{name}' is missing")
             return default

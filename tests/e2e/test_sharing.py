@@ -145,3 +145,140 @@ def test_catalog_is_published_versioned_distributed_and_searchable_in_chinese(sh
     assert raw.startswith("\ufeff".encode()) and "营业执照信息".encode() in raw
     r = s.cli("b2", "catalog", "show", "nothing-here")
     assert r.returncode == 3 and "no resource 'nothing-here'" in r.stderr
+
+
+def _rows(engine, table="people"):
+    with engine.connect() as c:
+        return {r[0]: r._asdict() for r in c.execute(sa.text(f"SELECT * FROM {table}"))}
+
+
+def _insert(s, rows, table="people"):
+    with s.engines["b1"].begin() as c:
+        for r in rows:
+            c.execute(sa.text(f"INSERT INTO {table} ({', '.join(r)}) VALUES "
+                              f"({', '.join(':' + k for k in r)})"), r)
+
+
+def _catalog_everywhere(s):
+    for node in ("center", "b2", "b1"):
+        wait_until(lambda n=node: len(s.json(n, "catalog", "list")) == 2, 30,
+                   what=f"the catalog at {node}")
+
+
+def test_sync_grant_with_review_answer_fields_masks_and_revocation(sharing):
+    """A conditional resource: the center reviews, the provider answers with narrower
+    fields and a mask; the subscriber receives only those, masked; a revocation stops
+    the changes at once. No grant, no changes."""
+    import datetime as dt
+
+    s = sharing
+    s.up()
+    _catalog_everywhere(s)
+    _insert(s, [{"citizen_id": "110101199001011234", "name": "张三", "phone": "13800001111",
+                 "birth_date": dt.date(1990, 1, 1), "district": "东城"}])
+    wait_until(lambda: len(_rows(s.engines["center"])) == 1, 30, what="the shared library")
+    assert _rows(s.engines["b2"]) == {}  # b2 holds no grant: it receives nothing
+
+    r = s.cli("b2", "access", "request", "people", "--service", "sync", "--fields",
+              "citizen_id,name,phone,birth_date", "--purpose", "社保资格核查",
+              "--basis", "《社会保险法》", "--json")
+    assert r.returncode == 0, r.stderr
+    req = json.loads(r.stdout)
+    assert req["status"] == "review" and req["due"] > req["created"]
+    rid = req["id"]
+    # the provider cannot answer before the center's review
+    r = s.cli("b1", "access", "answer", rid, "--approve")
+    assert r.returncode != 0
+    assert "not waiting" in r.stderr or "no access request" in r.stderr, r.stderr
+    r = s.cli("center", "access", "review", rid, "--approve", "--reason", "合规")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: s.json("b1", "access", "show", rid)["status"] == "provider", 30,
+               what="the request at the provider")
+    r = s.cli("b1", "access", "answer", rid, "--approve", "--fields",
+              "citizen_id,name,phone", "--mask", "phone=last:4")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: s.json("b2", "access", "show", rid)["status"] == "granted", 30,
+               what="the grant at b2")
+    grants = s.json("b2", "access", "grants")
+    assert len(grants) == 1 and grants[0]["fields"] == ["citizen_id", "name", "phone"]
+    assert grants[0]["masks"] == {"phone": "last:4"}
+    # new and changed rows now reach b2: granted fields only, masked
+    _insert(s, [{"citizen_id": "110101199202023456", "name": "李四", "phone": "13900002222",
+                 "birth_date": dt.date(1992, 2, 2), "district": "西城"}])
+    wait_until(lambda: "110101199202023456" in _rows(s.engines["b2"]), 30,
+               what="the row at b2")
+    got = _rows(s.engines["b2"])["110101199202023456"]
+    assert got["name"] == "李四"
+    assert got["phone"] == "*******2222"
+    assert got["birth_date"] is None and got["district"] is None  # outside the grant
+    # the center's log records the steps
+    # revocation at the center stops the changes at once
+    gid = grants[0]["id"]
+    r = s.cli("center", "access", "revoke", gid, "--reason", "用途结束")
+    assert r.returncode == 0, r.stderr
+    _insert(s, [{"citizen_id": "110101199303034567", "name": "王五", "phone": "13700003333"}])
+    wait_until(lambda: "110101199303034567" in _rows(s.engines["center"]), 30,
+               what="the third row at the center")
+    import time as _t
+
+    _t.sleep(3)
+    assert "110101199303034567" not in _rows(s.engines["b2"])
+    wait_until(lambda: s.json("b2", "access", "grants") == [], 30,
+               what="the revocation at b2")
+    assert s.json("b2", "access", "grants", "--all")[0]["state"] == "grant-revoked"
+
+
+def test_unconditional_is_granted_at_once_and_not_shared_is_refused(
+        make_star, system_broker):
+    s = Sharing(make_star, system_broker, people_share="none")
+    s.up()
+    _catalog_everywhere(s)
+    r = s.cli("b2", "access", "request", "people", "--purpose", "x")
+    assert r.returncode == 4 and "not shared" in r.stderr, r.stdout + r.stderr
+    r = s.cli("b2", "access", "request", "licences", "--fields", "company,nope",
+              "--purpose", "x")
+    assert r.returncode == 4 and "unknown field" in r.stderr and "nope" in r.stderr
+    req = s.json("b2", "access", "request", "licences", "--fields", "company,status",
+                 "--purpose", "招投标资格审查")
+    assert req["status"] == "granted", req
+    # the holder of licences (b1, it stays there) has the grant too
+    wait_until(lambda: [g["grantee"] for g in s.json("b1", "access", "grants")] == ["b2"],
+               30, what="the grant at the holder")
+
+
+def test_an_overdue_step_is_flagged_in_status_list_and_log(sharing):
+    s = sharing
+    s.up()
+    _catalog_everywhere(s)
+    req = s.json("b2", "access", "request", "people", "--purpose", "统计分析")
+    assert req["status"] == "review"
+    r = s.cli("center", "access", "list", "--overdue")
+    assert r.returncode == 0 and "no access requests" in r.stdout
+    # two working days pass (the state DB is told so: the clock cannot be)
+    db = s.star.dir("center") / "state.db"
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE access_requests SET due = ? WHERE id = ?", (1.0, req["id"]))
+    wait_until(lambda: s.cli("center", "access", "list", "--overdue").returncode == 1, 30,
+               what="the overdue flag")
+    r = s.cli("center", "status", "--check")
+    assert r.returncode == 1 and f"access request {req['id']}" in r.stdout, r.stdout
+    assert "exnode access review" in r.stdout
+    def flagged():
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT event, resource FROM exchange_log WHERE event = "
+                             "'overdue'").fetchall()
+
+    wait_until(flagged, 30, what="the overdue entry in the exchange log")
+    import time as _t
+
+    _t.sleep(11)  # the next look at the deadlines logs it no second time
+    assert flagged() == [("overdue", "people")]
+    # deciding the step clears it
+    r = s.cli("center", "access", "review", req["id"], "--refuse", "--reason", "依据不足")
+    assert r.returncode == 0, r.stderr
+    assert s.cli("center", "access", "list", "--overdue").returncode == 0
+    wait_until(lambda: s.json("b2", "access", "show", req["id"])["status"] == "refused", 30,
+               what="the refusal at b2")
+    assert s.json("b2", "access", "show", req["id"])["history"][-1]["reason"] == "依据不足"

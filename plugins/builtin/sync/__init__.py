@@ -86,6 +86,9 @@ class SyncService:
         if api.config.resources:
             api.spawn(self.health.run(), "health reports")
         if api.is_center:
+            made = self.res.standing_grants()
+            if made:
+                log.info("standing_sync_grants", made=made[:50])
             members = set(api.directory.ids())
             for rid, spec in api.config.resources.items():
                 missing = [s for s in spec.subscribers if s not in members]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import cbor2
@@ -18,8 +19,10 @@ from exnode.adapters.rowcodec import decode_batch, encode_batch
 from exnode.adapters.sql import Unstorable
 from exnode.node.base.errors import Deferred, ExnodeError, PackageError
 from exnode.node.kernel.api import ApplyContext, ServiceAPI
+from exnode.policies import filters
 from exnode.policies.changes import Change, ChangeBatch
 from exnode.policies.conflict import decide
+from exnode.policies.masking import Masker
 
 from .capture import APPLIED_DELETE
 from .forwards import Forwards
@@ -73,11 +76,51 @@ class Applier:
                                keep=retrying)
         self.record_origins(conn, rid, src, ad, changes)
         forward = self.res.forward_to(rid, src) if self.api.is_center and changes else []
-        if forward:  # encoded only when someone gets it
-            data = encode_batch(ChangeBatch(rid, changes, initial=initial), ad.fields)
-            for dest in forward:  # one subscriber's problem never refuses the package
-                self.forwards.send(conn, dest, rid, data)
+        if forward:  # encoded only when someone gets it, once per kind of grant
+            for dests, fields, part in self.granted_views(rid, changes, forward, ad):
+                data = encode_batch(ChangeBatch(rid, part, initial=initial), fields)
+                for dest in dests:  # one subscriber's problem never refuses the package
+                    self.forwards.send(conn, dest, rid, data)
         self.record_fresh(conn, rid, src, time.time(), changed=True, rows=len(changes))
+
+    def granted_views(self, rid: str, changes: list[Change], dests: list[str], ad: Any) \
+            -> list[tuple[list[str], list[str], list[Change]]]:
+        """(center) What each subscriber may receive of ``changes``, by its sync grant:
+        only the granted fields (the key always), masked values (脱敏; key fields are
+        never masked: they identify the row), and of the rows only those inside the
+        grant's row filter (a delete passes: it carries only the key). Subscribers
+        whose grants read alike share one encoding."""
+        groups: dict[Any, list[str]] = {}
+        grants: dict[Any, Any] = {}
+        for dest in dests:
+            g = self.api.grants.find(rid, dest, "sync")
+            sig = (g.fields, g.rows, tuple(sorted(g.masks.items())), g.id
+                   if any(r == "hash" for r in g.masks.values()) else None) if g else None
+            groups.setdefault(sig, []).append(dest)
+            grants[sig] = g
+        out = []
+        for sig, group in groups.items():
+            g = grants[sig]
+            if g is None or (g.fields is None and not g.rows and not g.masks):
+                out.append((group, ad.fields, changes))
+                continue
+            keys = list(ad.key)
+            fields = keys + [f for f in g.visible(ad.fields) if f not in keys]
+            conds = filters.from_wire(list(g.rows)) if g.rows else []
+            masks = {f: r for f, r in g.masks.items() if f in fields and f not in keys}
+            masker = Masker(masks, salt=g.id.encode()) if masks else None
+            part = []
+            for ch in changes:
+                if ch.row is None:
+                    part.append(ch)
+                    continue
+                if conds and not filters.matches(conds, ch.row):
+                    continue
+                row = {f: ch.row.get(f) for f in fields}
+                part.append(replace(ch, row=masker.apply(row) if masker else row))
+            if part:
+                out.append((group, fields, part))
+        return out
 
     def _set_aside(self, conn: Connection, rid: str, changes: list[Change], src: str,
                    pkg_id: str, e: Unstorable) -> list[Change]:

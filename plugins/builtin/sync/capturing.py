@@ -197,7 +197,7 @@ class Capturer:
             # the center repairs a subscriber (whatever the direction: it forwards what
             # it accepted); a bureau repairs the center's copy of what it sends
             targets = sorted(set(self.res.destinations(rid)) | (
-                set(spec.subscribers) if self.api.is_center else set()))
+                set(self.res.subscribers(rid)) if self.api.is_center else set()))
             if node not in targets:
                 raise UsageError(f"'{node}' does not get resource '{rid}' from this node "
                                  f"(it gets: {', '.join(targets) or '-'})")

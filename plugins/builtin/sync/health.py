@@ -82,7 +82,7 @@ class Health:
         reporters = {(r, n) for r, n in fresh}
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for rid, spec in self.api.config.resources.items():
-            nodes = set(spec.subscribers) | {n for r, n in reporters if r == rid}
+            nodes = set(self.res.subscribers(rid)) | {n for r, n in reporters if r == rid}
             if spec.owner:
                 nodes.add(spec.owner)
             nodes.discard(self.api.node_id)
@@ -167,7 +167,7 @@ class Health:
             spec = self.api.config.resources[rid]
             for node in nodes:
                 entry = {"state": mine[rid]["state"], "reason": mine[rid]["reason"]}
-                if spec.owner in (None, node) or node not in spec.subscribers:
+                if spec.owner in (None, node) or node not in self.res.subscribers(rid):
                     # an owner (or a node whose changes come in) sees who it feeds
                     entry["nodes"] = {n: {k: p[k] for k in ("state", "reason", "behind",
                                                             "since")}

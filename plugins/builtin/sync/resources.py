@@ -4,6 +4,9 @@ and adapters, whether they are stopped, and where their changes go."""
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -15,6 +18,7 @@ from exnode.node.base import dberrors
 from exnode.node.base.config import ResourceSpec
 from exnode.node.base.errors import ConfigError, PackageError
 from exnode.node.kernel.api import ServiceAPI
+from exnode.policies.grants import Grant
 
 log = structlog.get_logger("exnode.sync")
 
@@ -23,6 +27,7 @@ ZERO = "zero"
 REJECTION = "rejection"
 VERIFY_REQ = "verify-req"
 VERIFY_RES = "verify-res"
+STANDING = "configuration: "  # the basis of a configured subscriber's grant
 
 
 def key_text(key: tuple[Any, ...]) -> str:
@@ -128,12 +133,50 @@ class Resources:
         if self.api.is_center:
             if spec.direction == "upload":
                 return []
-            out = [s for s in spec.subscribers if s != origin]
+            out = [s for s in self.subscribers(rid) if s != origin]
         else:
             out = [self.api.center_id] if spec.direction in ("upload", "both") else []
         return [d for d in out if d != self.api.node_id]
 
     def forward_to(self, rid: str, origin: str) -> list[str]:
         """Center: subscribers that get changes the center accepted from ``origin``."""
-        spec = self.spec(rid)
-        return [s for s in spec.subscribers if s not in (origin, self.api.node_id)]
+        self.spec(rid)
+        return [s for s in self.subscribers(rid) if s not in (origin, self.api.node_id)]
+
+    def subscribers(self, rid: str) -> list[str]:
+        """(center) The bureaus that receive ``rid``'s changes: those holding a sync grant
+        in force (目录授权). ``resources.X.subscribers`` in the configuration are standing
+        grants (:meth:`standing_grants`); a revoked or expired grant stops the changes
+        at once."""
+        return sorted(g.grantee for g in self.api.grants.active(rid, "sync"))
+
+    def standing_grants(self) -> list[str]:
+        """(center, at start) A sync grant for each configured subscriber, and the
+        standing grants of subscribers no longer configured revoked. A standing grant an
+        operator revoked stays revoked (it is not brought back by the configuration)."""
+        made = []
+        now = time.time()
+        with self.api.state.begin() as conn:
+            shown = []
+            wanted = set()
+            for rid, spec in self.cfg.resources.items():
+                for node in spec.subscribers:
+                    gid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"exnode:subscriber:{rid}:{node}"))
+                    wanted.add(gid)
+                    if self.api.grants.get(gid) is not None:
+                        continue
+                    g = Grant(id=gid, resource=rid, grantee=node, service="sync",
+                              purpose="configured subscriber", basis=STANDING
+                              + f"resources.{rid}.subscribers", granted_at=now,
+                              holder=self.api.node_id)
+                    shown.append(self.api.grants.put(conn, g))
+                    made.append(f"{rid}:{node}")
+            for g in self.api.grants.all():
+                if g.basis.startswith(STANDING) and g.id not in wanted \
+                        and g.status == "active":
+                    shown.append(self.api.grants.put(conn, replace(
+                        g, status="revoked", revoked_at=now,
+                        reason="no longer a subscriber in the configuration")))
+        for fn in shown:
+            fn()
+        return made

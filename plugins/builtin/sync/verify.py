@@ -55,7 +55,7 @@ class Verifier:
             with self.api.state.connect() as conn:
                 peers += [n for (n,) in conn.execute(select(freshness.c.node).where(
                     freshness.c.resource == rid)) if n != self.api.node_id]
-        peers += spec.subscribers
+        peers += self.res.subscribers(rid)
         return [p for p in dict.fromkeys(peers) if p != self.api.node_id]
 
     def summary(self, rid: str, buckets: set[int] | None = None) -> dict[str, Any]:
