@@ -616,6 +616,33 @@ class SqlAdapter:
         with self._connect() as c:
             return run(c)
 
+    def from_text(self, field: str, text: str) -> Any:
+        """A value typed as text (a CSV cell) as the column holds it; ValueError when
+        it cannot be one (then no row can have it)."""
+        k = self._cols[field].kind
+        if k == "int":
+            return int(text)
+        if k == "decimal":
+            d = Decimal(text)
+            if not d.is_finite():
+                raise ValueError(text)
+            return d
+        if k == "float":
+            return float(text)
+        if k == "date":
+            return dt.date.fromisoformat(text)
+        if k == "datetime":
+            return dt.datetime.fromisoformat(text)
+        if k == "bool":
+            if text.lower() in ("1", "true", "t", "yes"):
+                return True
+            if text.lower() in ("0", "false", "f", "no"):
+                return False
+            raise ValueError(text)
+        if k == "uuid":
+            return uuid.UUID(text)
+        return text
+
     def lookup(self, keys: list[tuple[Any, ...]], fields: list[str]) \
             -> dict[tuple[Any, ...], tuple[Any, ...]]:
         """Key -> the values of ``fields`` for the keys present (bounded IN lists)."""

@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("sync", "exnode.plugins.builtin.sync"),
     ("catalog", "exnode.plugins.builtin.catalog"),
     ("access", "exnode.plugins.builtin.access"),
+    ("verification", "exnode.plugins.builtin.verification"),
     ("tools", "exnode.node.tools.commands"),
 )
 

@@ -364,6 +364,14 @@ class RuleSet:
         n = sum(len(c) for c in self._value.values()) + len(self._batch)
         return f"<RuleSet {self.resource!r}: {len(self._steps)} cleaning steps, {n} checks>"
 
+    def cleaner(self, field: str) -> Callable[[Any], Any]:
+        """The field's cleaning steps as one function of a value (identity when there
+        are none): verification (核验) cleans what it is asked and what it holds alike."""
+        steps = dict(self._plan({field})).get(field) or []
+        if not steps:
+            return lambda v: v
+        return lambda v: _clean_one(steps, v)
+
     def _plan(self, present: set[str]) -> list[tuple[str, list[Step]]]:
         per_field: dict[str, list[Step]] = {}
         for fields, fn in self._steps:

@@ -13,6 +13,8 @@ import sqlalchemy as sa
 
 from exnode.node.tools.cluster import wait_until
 
+from ..helpers import db_rows
+
 ABSTRACT_PEOPLE = "本市常住人口的户籍登记信息，包括姓名、身份证号和出生日期。"
 ABSTRACT_LICENCES = "市场主体营业执照登记信息，由市场监管局维护。"
 
@@ -48,7 +50,8 @@ LICENCES_CATALOG = {
 
 
 class Sharing:
-    def __init__(self, make_star, broker, people_share="conditional", center_extra=None):
+    def __init__(self, make_star, broker, people_share="conditional", center_extra=None,
+                 settings=None):
         self.root = Path(f"/tmp/exn-share-{uuid.uuid4().hex[:6]}")
         self.root.mkdir()
         self.urls = {n: f"sqlite:///{self.root}/{n}-data.db" for n in ("b1", "center", "b2")}
@@ -77,7 +80,7 @@ class Sharing:
                    "resources": {"people": {"database": "db", "table": "people",
                                             "key": ["citizen_id"]}}},
         }
-        self.star = make_star(broker, node_settings=nodes)
+        self.star = make_star(broker, node_settings=nodes, settings=settings or {})
 
     def up(self):
         self.star.up()
@@ -282,3 +285,88 @@ def test_an_overdue_step_is_flagged_in_status_list_and_log(sharing):
     wait_until(lambda: s.json("b2", "access", "show", req["id"])["status"] == "refused", 30,
                what="the refusal at b2")
     assert s.json("b2", "access", "show", req["id"])["history"][-1]["reason"] == "依据不足"
+
+
+PEOPLE = [
+    {"citizen_id": "110101199001011234", "name": "张三", "phone": "13800001111",
+     "district": "东城"},
+    {"citizen_id": "110101199202023456", "name": "李四", "phone": "13900002222",
+     "district": "西城"},
+    {"citizen_id": "110101199303034567", "name": "王五", "phone": "13700003333",
+     "district": "朝阳"},
+]
+
+
+def test_verification_answers_found_and_match_without_a_value(make_star, system_broker):
+    import datetime as dt
+
+    from ..helpers import craft, publish_package, refusals
+
+    s = Sharing(make_star, system_broker, people_share="unconditional", center_extra={
+        "quality": {"clean": [{"step": "trim", "fields": ["name"]},
+                              {"step": "halfwidth", "fields": ["name"]}]}})
+    _insert(s, [{**p, "birth_date": dt.date(1990 + i, 1 + i, 1 + i)}
+                for i, p in enumerate(PEOPLE)])
+    s.up()
+    _catalog_everywhere(s)
+    wait_until(lambda: len(_rows(s.engines["center"])) == 3, 30, what="the shared library")
+    csv_in = s.root / "records.csv"
+    csv_in.write_text("citizen_id,name,birth_date\n"
+                      "110101199001011234, 张三 ,1990-01-01\n"  # trimmed: a match
+                      "110101199202023456,李四,1999-09-09\n"  # birth date differs
+                      "110101199999999999,赵六,2000-01-01\n"  # not there
+                      "' OR 1=1 --,x,\n", encoding="utf-8")
+    # no grant: refused at the consumer, and a forged request gets nothing either
+    r = s.cli("b2", "verify", "people", "--input", str(csv_in), "--key", "citizen_id",
+              "--check", "name,birth_date")
+    assert r.returncode == 4 and "no verify grant" in r.stderr, r.stdout + r.stderr
+    import cbor2
+
+    body = cbor2.dumps({"id": "forged", "key": ["citizen_id"], "check": ["name"],
+                        "records": [["110101199001011234", "张三"]]})
+    pkg = craft(s.star, src="b2", to="center", kind="check-req", resource="people",
+                payload=body)
+    publish_package(s.star, s.star.topics.inbox("center"), pkg.wire)
+    # and with the center bypassed: straight to the holder of licences, b1
+    pkg = craft(s.star, src="b2", to="b1", kind="check-req", resource="licences",
+                payload=cbor2.dumps({"id": "f2", "key": ["id"], "check": ["company"],
+                                     "records": [["1", "x"]]}))
+    publish_package(s.star, s.star.topics.inbox("b1"), pkg.wire)
+    wait_until(lambda: any("no verify grant" in x[2] for x in refusals(s.star, "center")),
+               30, what="the center's refusal")
+    wait_until(lambda: any("no verify grant" in x[2] for x in refusals(s.star, "b1")),
+               30, what="the holder's refusal")
+
+    req = s.json("b2", "access", "request", "people", "--service", "verify", "--fields",
+                 "citizen_id,name,birth_date", "--purpose", "身份核验")
+    assert req["status"] == "granted"
+    wait_until(lambda: s.json("b2", "access", "grants") != [], 30, what="the grant at b2")
+    r = s.cli("b2", "verify", "people", "--input", str(csv_in), "--key", "citizen_id",
+              "--check", "name,birth_date", "--json")
+    assert r.returncode == 1, r.stderr  # not everything matched
+    out = json.loads(r.stdout)
+    assert out["records"] == 4 and out["found"] == 2 and out["all_match"] == 1
+    res = out["results"]
+    assert res[0] == {"key": "110101199001011234", "found": True,
+                      "fields": {"name": True, "birth_date": True}}
+    assert res[1]["fields"] == {"name": True, "birth_date": False}
+    assert not res[2]["found"] and not res[3]["found"] and res[3]["fields"] == {}
+    # the answer holds no value of the resource but the keys the asker sent
+    held = {str(v) for row in _rows(s.engines["center"]).values() for k, v in row.items()
+            if v is not None and k != "citizen_id"}
+    answer = json.dumps(out, ensure_ascii=False)
+    leaked = [v for v in held if v in answer and v not in csv_in.read_text()]
+    assert leaked == [], leaked
+    # a field outside the grant is refused
+    phones = s.root / "phones.csv"
+    phones.write_text("citizen_id,name,phone\n110101199001011234,张三,13800001111\n",
+                      encoding="utf-8")
+    r = s.cli("b2", "verify", "people", "--input", str(phones), "--key", "citizen_id",
+              "--check", "name,phone")
+    assert r.returncode == 4 and "outside the grant" in r.stderr, r.stderr
+    # the holder logged who asked and how many, not what
+    rows = db_rows(s.star, "center", "SELECT peer, status FROM exchange_log WHERE "
+                   "event = 'verify'")
+    assert ("b2", "4 records, 2 found") in rows
+    assert not any("张三" in str(x) for x in db_rows(s.star, "center",
+                                                    "SELECT * FROM exchange_log"))

@@ -238,8 +238,8 @@ def test_config_schema_is_json_with_descriptions(tmp_path):
 def test_config_schema_offers_only_real_settings():
     props = Config.model_json_schema()["properties"]
     assert set(props) == {"node", "broker", "center", "delivery", "state", "control",
-                          "gconf", "log", "monitor", "plugins", "crypto", "databases",
-                          "resources"}
+                          "gconf", "log", "monitor", "access", "plugins", "crypto",
+                          "databases", "resources"}
 
 
 def test_a_setting_name_with_a_line_break_is_quoted_in_one_line():

@@ -1,0 +1,250 @@
+"""Verification without disclosure (数据检查比对, 核验; a built-in service): a consumer holding
+a ``verify`` grant sends records (a key and the values it believes), and the holder of
+the data answers, per record, whether the key was found and, per checked field, whether
+the value matches. The answer holds booleans only, never a value.
+
+- The holder is where the catalog says the data is answered from: the center's shared
+  library, or the owning bureau through the center (the center relays the sealed request
+  only when the sender holds a grant in force; the holder checks it again, and checks
+  that every checked field is inside it).
+- Both sides are cleaned with the resource's own cleaning steps (trim, full-width to
+  half-width, ...: ``resources.X.quality.clean``) before they are compared, and compared
+  as text in one canonical form (dates ISO, decimals without trailing zeros).
+- Each request counts against the grant's rate (requests a minute) and daily quota
+  (records a day); both are refused with a one-line reason when exceeded.
+- Every request is logged at the holder with counts: who asked, how many records, how
+  many found; never keys or values.
+
+Packages: ``check-req`` consumer -> holder, ``check-res`` holder -> consumer (relayed by
+the center when the holder is a bureau).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import cbor2
+import click
+import structlog
+
+from exnode.adapters.pool import AdapterPool
+from exnode.node.base.errors import ExnodeError, NotFound, PackageError, Refused, UsageError
+from exnode.node.kernel.api import ApplyContext, ControlRequest, KindSpec, Router, ServiceAPI
+from exnode.plugins import hookimpl
+
+log = structlog.get_logger("exnode.verification")
+
+REQ, RES = "check-req", "check-res"
+MAX_RECORDS = 200_000  # per request
+MAX_VALUE = 1000
+
+
+def canon(v: Any) -> str | None:
+    """One text form per value, so the holder's typed value and the asker's text agree."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dt.datetime):
+        return v.isoformat(sep=" ")
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        t = format(v.normalize(), "f") if v.is_finite() else str(v)
+        return t[:-2] if t.endswith(".0") else t
+    if isinstance(v, float):
+        return canon(Decimal(repr(v)))
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)
+
+
+class VerificationService:
+    def __init__(self, api: ServiceAPI) -> None:
+        self.api = api
+        self.pool = AdapterPool(api.config, api.plugins.adapters, api.plugins.dialects)
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._cleaners: dict[tuple[str, str], Any] = {}
+
+    # --- kinds ----------------------------------------------------------------------------
+
+    @hookimpl
+    def exnode_package_kinds(self, register: Any) -> None:
+        register(KindSpec(REQ, self.on_request, grant="verify", grant_of="sender"))
+        register(KindSpec(RES, self.on_result, grant="verify", grant_of="recipient"))
+
+    def _cleaner(self, rid: str, field: str) -> Any:
+        key = (rid, field)
+        fn = self._cleaners.get(key)
+        if fn is None:
+            spec = self.api.config.resources[rid]
+            fn = lambda v: v  # noqa: E731
+            if spec.quality:
+                from exnode.policies.quality import RuleSpecError, compile_ruleset
+
+                try:
+                    rs = compile_ruleset({"resource": rid, **spec.quality},
+                                         base_dir=self.api.config.base_dir)
+                    fn = rs.cleaner(field)
+                except (RuleSpecError, ExnodeError):
+                    pass
+            self._cleaners[key] = fn
+        return fn
+
+    def on_request(self, ctx: ApplyContext) -> None:
+        """(holder) Answer a batch of records: found, and match per checked field."""
+        h = ctx.header
+        try:
+            b = cbor2.loads(ctx.payload)
+            qid, key_fields, check = b["id"], b["key"], b["check"]
+            records = b["records"]
+        except Exception:
+            raise PackageError("malformed", "verification request without id, key, check "
+                               "and records") from None
+        if not (isinstance(qid, str) and len(qid) <= 64 and isinstance(key_fields, list)
+                and isinstance(check, list) and isinstance(records, list)
+                and len(records) <= MAX_RECORDS and all(isinstance(f, str) for f in
+                                                        key_fields + check)):
+            raise PackageError("malformed", "verification request of the wrong shape")
+        out: dict[str, Any] = {"id": qid}
+        try:
+            results = self._answer(ctx, h.res, h.src, key_fields, check, records)
+            out["results"] = results
+        except Refused as e:
+            out["error"], out["reason"] = str(e), e.reason
+            results = []
+        found = sum(1 for r in results if r[0])
+        self.api.log(ctx.conn, [{"pkg_id": h.id, "event": "verify", "peer": h.src,
+                                 "resource": h.res, "kind": REQ, "size": len(records),
+                                 "status": out.get("reason") or f"{len(records)} records, "
+                                 f"{found} found"}])
+        ctx.reply(RES, cbor2.dumps(out))
+
+    def _answer(self, ctx: ApplyContext, rid: str, who: str, key_fields: list[str],
+                check: list[str], records: list[Any]) -> list[list[Any]]:
+        g = self.api.grants.check(rid, who, "verify")
+        if rid not in self.api.config.resources:
+            raise Refused("not-held", f"{rid} is not held at {self.api.node_id}")
+        ad = self.pool.adapter(rid)
+        if key_fields != list(ad.key):
+            raise Refused("unknown-field", f"verify {rid} by its key "
+                          f"({', '.join(ad.key)}), not {', '.join(key_fields)}")
+        g.check_fields(check, ad.fields)
+        self.api.grants.use(ctx.conn, g, len(records))
+        nk = len(key_fields)
+        keys: list[tuple[Any, ...] | None] = []
+        for rec in records:
+            if not isinstance(rec, list) or len(rec) != nk + len(check) or not all(
+                    v is None or (isinstance(v, str) and len(v) <= MAX_VALUE) for v in rec):
+                raise PackageError("malformed", "a record of the wrong shape")
+            try:
+                keys.append(tuple(ad.from_text(f, v) for f, v in
+                                  zip(key_fields, rec[:nk], strict=True)))
+            except (ValueError, TypeError, ArithmeticError):
+                keys.append(None)  # no row can have this key
+        held = ad.lookup([k for k in keys if k is not None], check)
+        cleaners = [self._cleaner(rid, f) for f in check]
+        results: list[list[Any]] = []
+        for rec, k in zip(records, keys, strict=True):
+            row = held.get(k) if k is not None else None
+            if row is None:
+                results.append([False, []])
+                continue
+            results.append([True, [_same(c, rec[nk + i], row[i])
+                                   for i, c in enumerate(cleaners)]])
+        return results
+
+    def on_result(self, ctx: ApplyContext) -> None:
+        """(consumer) The holder's answer to one of this node's requests."""
+        try:
+            b = cbor2.loads(ctx.payload)
+            qid = b["id"]
+        except Exception:
+            raise PackageError("malformed", "verification result without id") from None
+        fut = self._waiting.get(qid) if isinstance(qid, str) else None
+        if fut is not None:
+            ctx.after_commit(lambda: fut.done() or fut.set_result(b))
+
+    # --- the asking side --------------------------------------------------------------------
+
+    def holder(self, rid: str) -> str:
+        entry = self.api.catalog.entry(rid)
+        if entry is None:
+            raise NotFound(f"the catalog lists no resource '{rid}'")
+        return entry["provider_node"] if entry["held_at"] == "owner" else self.api.center_id
+
+    async def ask(self, rid: str, key: list[str], check: list[str],
+                  records: list[list[Any]], timeout: float) -> dict[str, Any]:
+        """Send one batch and wait for its answer."""
+        g = self.api.grants.check(rid, self.api.node_id, "verify")
+        entry = self.api.catalog.entry(rid) or {}
+        g.check_fields(check, [e["name"] for e in entry.get("elements") or []] or check)
+        qid = str(uuid.uuid4())
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[qid] = fut
+        try:
+            await self.api.send(self.holder(rid), REQ, rid, cbor2.dumps(
+                {"id": qid, "key": key, "check": check, "records": records}))
+            try:
+                b = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                raise TimeoutError(f"no answer from the holder of {rid} within "
+                                   f"{timeout:.0f} s") from None
+        finally:
+            self._waiting.pop(qid, None)
+        if "error" in b:
+            raise Refused(str(b.get("reason") or "refused"), str(b["error"])[:500]
+                          .split(": ", 1)[-1])
+        res = b.get("results")
+        if not isinstance(res, list) or len(res) != len(records):
+            raise PackageError("malformed", "the answer does not match the request")
+        return {"results": res}
+
+    # --- control routes ---------------------------------------------------------------------
+
+    @hookimpl
+    def exnode_control_routes(self, router: Router) -> None:
+        router.post("/verify", self._verify)
+
+    async def _verify(self, req: ControlRequest) -> Any:
+        rid = req.arg("resource")
+        key = req.arg("key", list)
+        check = req.arg("check", list)
+        records = req.arg("records", list)
+        if not key or not check:
+            raise UsageError("--key and --check: name the key and at least one field")
+        if len(records) > MAX_RECORDS:
+            raise UsageError(f"at most {MAX_RECORDS} records per call")
+        t0 = time.monotonic()
+        out = await self.ask(rid, key, check, records, req.arg("timeout", float, 60.0))
+        out["ms"] = round((time.monotonic() - t0) * 1000, 2)
+        return out
+
+    @hookimpl
+    def exnode_shutdown(self, api: ServiceAPI) -> None:
+        self.pool.close()
+
+
+def _same(clean: Any, asked: str | None, held: Any) -> bool:
+    a = clean(asked) if asked not in (None, "") else None
+    h = clean(canon(held))
+    if isinstance(h, str) and not h:
+        h = None
+    return (a if a is None else str(a)) == (h if h is None else str(h))
+
+
+@hookimpl
+def exnode_services(api: ServiceAPI) -> VerificationService:
+    return VerificationService(api)
+
+
+@hookimpl
+def exnode_cli_commands(cli: click.Group) -> None:
+    from .cli import verify
+
+    cli.add_command(verify)
