@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-core bench-rules bench-sync clean venv
+.PHONY: demo test lint bench-core bench-rules bench-sync bench-services clean venv
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench-rules: $(STAMP)
 
 bench-sync: $(STAMP)
 	$(BIN)/python bench/bench_sync.py
+
+bench-services: $(STAMP)
+	$(BIN)/python bench/bench_services.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

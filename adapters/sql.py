@@ -581,7 +581,7 @@ class SqlAdapter:
 
     def page(self, fields: list[str], where: sa.ColumnElement[bool] | None,
              order: list[Any] | None, after: tuple[Any, ...] | None, limit: int,
-             conn: Connection | None = None) -> list[tuple[Any, ...]]:
+             conn: Connection | None = None, offset: int = 0) -> list[tuple[Any, ...]]:
         """Up to ``limit`` rows of ``fields`` (tuples, values as the row source gives
         them) matching ``where``; in ``order`` (SQLAlchemy clauses) when given, else in
         key order resuming after the key ``after`` (keyset pagination: each page is one
@@ -597,8 +597,8 @@ class SqlAdapter:
         stmt = sa.select(*[self._cols[f].column.label(f) for f in sel_fields])
         if where is not None:
             stmt = stmt.where(where)
-        if order:
-            stmt = stmt.order_by(*order)
+        if order:  # the key breaks ties, so pages by offset never overlap
+            stmt = stmt.order_by(*order, *[c.column for c in kcols]).offset(offset)
         else:
             if after is not None:
                 stmt = stmt.where(self.dialect.keyset_after(

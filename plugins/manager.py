@@ -30,6 +30,8 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("catalog", "exnode.plugins.builtin.catalog"),
     ("access", "exnode.plugins.builtin.access"),
     ("verification", "exnode.plugins.builtin.verification"),
+    ("query", "exnode.plugins.builtin.query"),
+    ("corrections", "exnode.plugins.builtin.corrections"),
     ("tools", "exnode.node.tools.commands"),
 )
 

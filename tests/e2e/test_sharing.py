@@ -370,3 +370,87 @@ def test_verification_answers_found_and_match_without_a_value(make_star, system_
     assert ("b2", "4 records, 2 found") in rows
     assert not any("张三" in str(x) for x in db_rows(s.star, "center",
                                                     "SELECT * FROM exchange_log"))
+
+
+def _grant_people_query(s, fields, masks=()):
+    req = s.json("b2", "access", "request", "people", "--service", "query", "--fields",
+                 fields, "--purpose", "统计")
+    assert s.cli("center", "access", "review", req["id"], "--approve").returncode == 0
+    wait_until(lambda: s.json("b1", "access", "show", req["id"])["status"] == "provider",
+               30, what="the request at the provider")
+    args = [a for m in masks for a in ("--mask", m)]
+    r = s.cli("b1", "access", "answer", req["id"], "--approve", *args)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: s.json("b2", "access", "grants") != [], 30, what="the grant at b2")
+    return s.json("b2", "access", "grants")[0]
+
+
+def test_query_grants_fields_masks_injection_relay_and_revocation(sharing):
+    import csv
+    import subprocess
+    import time as _t
+
+    s = sharing
+    _insert(s, [{"citizen_id": f"1101011990{i:08d}", "name": f"人{i}", "phone":
+                 f"138{i:08d}", "district": "东城" if i % 2 else "西城"} for i in range(3000)])
+    _insert(s, [{"id": i, "company": f"公司{i}", "credit_code": f"9111{i:014d}",
+                 "status": "存续"} for i in range(5)], table="licences")
+    s.up()
+    _catalog_everywhere(s)
+    wait_until(lambda: len(_rows(s.engines["center"])) == 3000, 60, what="the shared library")
+    out = s.root / "p.csv"
+    r = s.cli("b2", "query", "people", "-o", str(out))
+    assert r.returncode == 4 and "no query grant" in r.stderr, r.stderr
+    g = _grant_people_query(s, "citizen_id,name,phone,district", ["phone=last:4"])
+    # fields outside the grant never come back
+    r = s.cli("b2", "query", "people", "--fields", "name,birth_date", "-o", str(out))
+    assert r.returncode == 4 and "outside the grant" in r.stderr, r.stderr
+    r = s.cli("b2", "query", "people", "--where", "birth_date is null", "-o", str(out))
+    assert r.returncode == 4 and "outside the grant" in r.stderr, r.stderr
+    # filters, order, limit, masking at the holder, CSV with a BOM
+    r = s.cli("b2", "query", "people", "--where", "district = 东城", "--order", "-citizen_id",
+              "--limit", "5", "--bom", "-o", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    raw = out.read_bytes()
+    assert raw.startswith("\ufeff".encode())
+    rows = list(csv.DictReader(raw.decode("utf-8-sig").splitlines()))
+    assert len(rows) == 5 and list(rows[0]) == ["citizen_id", "name", "phone", "district"]
+    assert rows[0]["citizen_id"] == "110101199000002999"
+    assert all(r["district"] == "东城" for r in rows)
+    assert rows[0]["phone"] == "*******2999"
+    assert not any(str(2999).zfill(8) in r["phone"][:-4] for r in rows)
+    # injection-shaped values are data
+    for bad in ("' OR 1=1 --", "x'; DROP TABLE people; --", "%' OR '1'='1"):
+        r = s.cli("b2", "query", "people", "--where", f'name = "{bad}"', "--format", "jsonl")
+        assert r.returncode == 0 and r.stdout == "", (bad, r.stdout[:200], r.stderr)
+    assert len(_rows(s.engines["center"])) == 3000
+    # a resource that stays at its owner is answered by it, through the center
+    r = s.json("b2", "access", "request", "licences", "--purpose", "招投标")
+    assert r["status"] == "granted"
+    wait_until(lambda: len(s.json("b1", "access", "grants")) == 2, 30,
+               what="the licences grant at its holder")
+    lic = s.root / "l.jsonl"
+    r = s.cli("b2", "query", "licences", "--format", "jsonl", "-o", str(lic))
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(x) for x in lic.read_text(encoding="utf-8").splitlines()]
+    assert [x["company"] for x in got] == [f"公司{i}" for i in range(5)]
+    assert db_rows(s.star, "center", "SELECT count(*) FROM exchange_log WHERE event = "
+                   "'relayed' AND kind = 'query-req'")[0][0] >= 1
+    assert db_rows(s.star, "b1", "SELECT peer, status FROM exchange_log WHERE event = "
+                   "'query' ORDER BY id DESC LIMIT 1") == [("b2", "5 rows")]
+    # a revocation stops a running download; what came is kept for a resume
+    big = s.root / "all.csv"
+    cmd = [*__import__("exnode.node.tools.cluster", fromlist=["x"]).exnode_cmd(), "-c",
+           str(s.star.config_path("b2")), "query", "people", "--page", "20", "-o", str(big)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    part = Path(str(big) + ".part")
+    wait_until(lambda: part.exists() and part.stat().st_size > 2000, 60,
+               what="the download under way")
+    r = s.cli("center", "access", "revoke", g["id"], "--reason", "停止")
+    assert r.returncode == 0, r.stderr
+    _out, err = p.communicate(timeout=120)
+    assert p.returncode == 4 and "revoked" in err and "--resume" in err, err
+    assert part.exists() and not big.exists()
+    n = len(part.read_text(encoding="utf-8").splitlines()) - 1
+    assert 0 < n < 3000
+    _t.sleep(0.1)

@@ -1,0 +1,204 @@
+"""Query and download (数据访问下载, a built-in service): a consumer holding a ``query``
+grant reads a resource page by page from its holder: the center's shared library, or
+the owning bureau through the center (逻辑集中、适度分布), sealed end to end to the
+requester either way.
+
+- Filters, fields and order are structured (``exnode.policies.filters``) and compiled
+  with SQLAlchemy at the holder: a value like ``' OR 1=1 --`` is data, never SQL.
+- The holder applies the grant: only its fields (a field outside it is refused), its
+  row filter ANDed with the request's, its masking rules (脱敏) on the values before
+  they leave; its rate and daily quota count each page.
+- Pages are pulled: the requester asks for the next page after the last key it wrote
+  (keyset pagination; or an offset when it asked for an order), so memory is one page
+  at each end whatever the size, a cut download resumes from the last page written
+  (``formats.Download``), and a revoked or expired grant stops a download at its next
+  page.
+- Each page is logged at the holder (who asked, which resource, how many rows), at the
+  center (its relay entries), and at the requester; never the values or the filter's
+  values.
+
+Packages: ``query-req`` requester -> holder, ``query-page`` holder -> requester.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import cbor2
+import click
+import structlog
+
+from exnode.adapters.pool import AdapterPool
+from exnode.node.base.errors import NotFound, PackageError, Refused
+from exnode.node.kernel.api import ApplyContext, ControlRequest, KindSpec, Router, ServiceAPI
+from exnode.plugins import hookimpl
+from exnode.policies import filters
+from exnode.policies.masking import Masker
+
+log = structlog.get_logger("exnode.query")
+
+REQ, PAGE = "query-req", "query-page"
+MAX_PAGE = 100_000
+
+
+class QueryService:
+    def __init__(self, api: ServiceAPI) -> None:
+        self.api = api
+        self.pool = AdapterPool(api.config, api.plugins.adapters, api.plugins.dialects)
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+
+    @hookimpl
+    def exnode_package_kinds(self, register: Any) -> None:
+        register(KindSpec(REQ, self.on_request, grant="query", grant_of="sender"))
+        register(KindSpec(PAGE, self.on_page, grant="query", grant_of="recipient"))
+
+    # --- the holder ---------------------------------------------------------------------------
+
+    def on_request(self, ctx: ApplyContext) -> None:
+        h = ctx.header
+        try:
+            b = cbor2.loads(ctx.payload)
+            qid = b["id"]
+        except Exception:
+            raise PackageError("malformed", "query request without an id") from None
+        if not isinstance(qid, str) or len(qid) > 64:
+            raise PackageError("malformed", "query request id")
+        try:
+            out = self._page(ctx, h.res, h.src, b)
+        except (Refused, filters.FilterError) as e:
+            out = {"error": str(e), "reason": getattr(e, "reason", "bad-filter")}
+        out["id"] = qid
+        n = len(out.get("rows") or [])
+        self.api.log(ctx.conn, [{"pkg_id": h.id, "event": "query", "peer": h.src,
+                                 "resource": h.res, "kind": REQ, "size": n,
+                                 "status": out.get("reason") or f"{n} rows"}])
+        ctx.reply(PAGE, cbor2.dumps(out))
+
+    def _page(self, ctx: ApplyContext, rid: str, who: str, b: dict[str, Any]) \
+            -> dict[str, Any]:
+        g = self.api.grants.check(rid, who, "query")
+        if rid not in self.api.config.resources:
+            raise Refused("not-held", f"{rid} is not held at {self.api.node_id}")
+        ad = self.pool.adapter(rid)
+        fields = b.get("fields") or g.visible(ad.fields)
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+            raise PackageError("malformed", "query fields")
+        g.check_fields(fields, ad.fields)
+        allowed = g.visible(ad.fields)
+        conds = filters.from_wire(b.get("where") or [])
+        outside = [c.field for c in conds if c.field not in allowed]
+        if outside:
+            raise Refused("field-not-granted", f"the filter names field(s) outside the "
+                          f"grant: {', '.join(outside[:10])}")
+        conds += filters.from_wire(list(g.rows))
+        where = filters.compile(conds, ad.source) if conds else None
+        order_in = b.get("order") or []
+        if not isinstance(order_in, list):
+            raise PackageError("malformed", "query order")
+        order = filters.compile_order([(str(f), bool(d)) for f, d in order_in], ad.source,
+                                      allowed) if order_in else None
+        limit = b.get("limit")
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise PackageError("malformed", f"page size 1..{MAX_PAGE}")
+        after = b.get("after")
+        offset = b.get("offset") or 0
+        if after is not None and (not isinstance(after, list) or len(after) != len(ad.key)):
+            raise PackageError("malformed", "query 'after' is not a key")
+        if not isinstance(offset, int) or offset < 0:
+            raise PackageError("malformed", "query offset")
+        self.api.grants.use(ctx.conn, g, limit)
+        rows = ad.page(fields, where, order, tuple(after) if after else None, limit,
+                       offset=offset)
+        sel = fields if order else list(ad.key) + [f for f in fields if f not in ad.key]
+        last = list(rows[-1][:len(ad.key)]) if rows and not order else None
+        if sel != fields:  # key first for the keyset; back to the asked order
+            idx = [sel.index(f) for f in fields]
+            out_rows = [tuple(r[i] for i in idx) for r in rows]
+        else:
+            out_rows = rows
+        masks = {f: r for f, r in g.masks.items() if f in fields}
+        if masks:
+            out_rows = Masker(masks, salt=g.id.encode()).apply_tuples(fields, out_rows)
+        return {"fields": fields, "rows": [list(r) for r in out_rows], "last": last,
+                "done": len(rows) < limit}
+
+    # --- the requester ------------------------------------------------------------------------
+
+    def on_page(self, ctx: ApplyContext) -> None:
+        try:
+            b = cbor2.loads(ctx.payload)
+            qid = b["id"]
+        except Exception:
+            raise PackageError("malformed", "query page without an id") from None
+        fut = self._waiting.get(qid) if isinstance(qid, str) else None
+        if fut is not None:
+            ctx.after_commit(lambda: fut.done() or fut.set_result(b))
+
+    def holder(self, rid: str) -> str:
+        entry = self.api.catalog.entry(rid)
+        if entry is None:
+            raise NotFound(f"the catalog lists no resource '{rid}'")
+        return entry["provider_node"] if entry["held_at"] == "owner" else self.api.center_id
+
+    async def page(self, rid: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.api.grants.check(rid, self.api.node_id, "query")  # refused here first
+        qid = str(uuid.uuid4())
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[qid] = fut
+        try:
+            await self.api.send(self.holder(rid), REQ, rid, cbor2.dumps({**body, "id": qid}))
+            try:
+                b = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                raise TimeoutError(f"no answer from the holder of {rid} within "
+                                   f"{timeout:.0f} s") from None
+        finally:
+            self._waiting.pop(qid, None)
+        if "error" in b:
+            raise Refused(str(b.get("reason") or "refused"), str(b["error"])[:500]
+                          .split(": ", 1)[-1])
+        return b
+
+    @hookimpl
+    def exnode_control_routes(self, router: Router) -> None:
+        router.post("/query/page", self._page_route)
+
+    async def _page_route(self, req: ControlRequest) -> Any:
+        rid = req.arg("resource")
+        where = [filters.parse(t) for t in req.arg("where", list, [])]
+        order = filters.parse_order(req.arg("order", list, []))
+        body = {"fields": req.arg("fields", list, None), "where": filters.to_wire(where),
+                "order": [[f, d] for f, d in order], "after": req.arg("after", list, None),
+                "offset": req.arg("offset", int, 0),
+                "limit": max(1, min(req.arg("limit", int, 20_000), MAX_PAGE))}
+        t0 = time.monotonic()
+        b = await self.page(rid, body, req.arg("timeout", float, 120.0))
+        n = len(b.get("rows") or [])
+        await self.api.db(self._log_page, rid, n)
+        return {**b, "ms": round((time.monotonic() - t0) * 1000, 1)}
+
+    def _log_page(self, rid: str, n: int) -> None:
+        with self.api.state.begin() as conn:
+            self.api.log(conn, [{"pkg_id": "", "event": "query", "peer": self.holder(rid),
+                                 "resource": rid, "kind": PAGE, "size": n,
+                                 "status": f"{n} rows received"}])
+
+    @hookimpl
+    def exnode_shutdown(self, api: ServiceAPI) -> None:
+        self.pool.close()
+
+
+@hookimpl
+def exnode_services(api: ServiceAPI) -> QueryService:
+    return QueryService(api)
+
+
+@hookimpl
+def exnode_cli_commands(cli: click.Group) -> None:
+    from .cli import query
+
+    cli.add_command(query)
+
