@@ -31,6 +31,12 @@ from .building import clean_env, pip_install
 SYNC_KINDS = ["health", "rejection", "rows", "verify-req", "verify-res", "zero"]  # built-in sync
 # the kernel's own kinds: the exchange log's witness and the broker login's rotation
 KERNEL_KINDS = ["broker-login", "broker-login-ok", "log-head", "log-witness"]
+# the sharing services: catalog, access, verification, query, corrections
+SHARING = ["catalog", "access", "verification", "query", "corrections"]
+SHARING_KINDS = ["catalog", "catalog-pub", "catalog-pull", "access-req", "access-ask",
+                 "access-answer", "access-note", "grant", "access-revoke", "check-req",
+                 "check-res", "query-req", "query-page", "correction", "correction-fwd",
+                 "correction-answer", "correction-note"]
 DIST, VERSION = "exnode-hello", "1.2.3"
 
 PLUGIN = '''\
@@ -204,13 +210,13 @@ def test_registry_picks_up_the_new_kind(site, tmp_path):
     # the external plugin's kind beside the built-ins (core kinds, database sync) and
     # the kernel's own (the exchange log's witness)
     assert out["kinds"] == sorted(["data", "hello", "ping", "pong", *KERNEL_KINDS,
-                                   *SYNC_KINDS])
+                                   *SYNC_KINDS, *SHARING_KINDS])
     assert out["ordered"] == ["data", "rows", "zero"]
     assert out["suites"] == ["x25519-hkdf-sha256-aes256gcm-ed25519"]
     assert out["module"] == "exnode_hello"
     assert out["replies"] == [["hello", "hello, bob"]]
     assert out["blocked_kinds"] == sorted(["data", "ping", "pong", *KERNEL_KINDS,
-                                           *SYNC_KINDS])
+                                           *SYNC_KINDS, *SHARING_KINDS])
     assert out["dists"][DIST] == VERSION
     assert "exnode" in out["dists"]
 
@@ -222,8 +228,8 @@ def test_builtins_in_process(tmp_path):
                if i.name in ("crypto-x25519-aes256gcm", "basic"))
     config = init_bureau(tmp_path / "b9", "b9")
     # with both services disabled only the kernel's own kinds are left
-    assert set(composed_kinds(config, ["basic", "sync"])) == set(KERNEL_KINDS)
+    assert set(composed_kinds(config, ["basic", "sync", *SHARING])) == set(KERNEL_KINDS)
     kinds = composed_kinds(config, ["basic"])
     assert "rows" in kinds and "ping" not in kinds
-    reg = Registry(make_manager(disable=["basic", "sync"]))
+    reg = Registry(make_manager(disable=["basic", "sync", *SHARING]))
     assert list(reg.suites) == ["x25519-hkdf-sha256-aes256gcm-ed25519"]

@@ -9,7 +9,7 @@ from alembic import op
 revision = 'a0001'
 down_revision = None
 branch_labels = ('access',)
-depends_on = '0007'
+depends_on = '0001'
 
 
 def upgrade() -> None:
