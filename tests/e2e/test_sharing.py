@@ -448,7 +448,7 @@ def test_query_grants_fields_masks_injection_relay_and_revocation(sharing):
                what="the download under way")
     r = s.cli("center", "access", "revoke", g["id"], "--reason", "停止")
     assert r.returncode == 0, r.stderr
-    _out, err = p.communicate(timeout=120)
+    _out, err = p.communicate(timeout=240)
     assert p.returncode == 4 and "revoked" in err and "--resume" in err, err
     assert part.exists() and not big.exists()
     n = len(part.read_text(encoding="utf-8").splitlines()) - 1

@@ -137,6 +137,22 @@ class QueryService:
         if fut is not None:
             ctx.after_commit(lambda: fut.done() or fut.set_result(b))
 
+    async def _answer_or_revoked(self, fut: asyncio.Future[Any], rid: str,
+                                 timeout: float) -> Any:
+        """The holder's answer; or the refusal as soon as this node's own copy of the
+        grant says it was revoked or expired (a holder that refuses a request in the
+        kernel sends no answer, only a refusal receipt)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no answer from the holder of {rid} within "
+                                   f"{timeout:.0f} s")
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), min(0.5, left))
+            except TimeoutError:
+                self.api.grants.check(rid, self.api.node_id, "query")
+
     def holder(self, rid: str) -> str:
         entry = self.api.catalog.entry(rid)
         if entry is None:
@@ -150,11 +166,7 @@ class QueryService:
         self._waiting[qid] = fut
         try:
             await self.api.send(self.holder(rid), REQ, rid, cbor2.dumps({**body, "id": qid}))
-            try:
-                b = await asyncio.wait_for(fut, timeout)
-            except TimeoutError:
-                raise TimeoutError(f"no answer from the holder of {rid} within "
-                                   f"{timeout:.0f} s") from None
+            b = await self._answer_or_revoked(fut, rid, timeout)
         finally:
             self._waiting.pop(qid, None)
         if "error" in b:
