@@ -616,6 +616,53 @@ class SqlAdapter:
         with self._connect() as c:
             return run(c)
 
+    def export_page(self, fields: list[str], cell: Callable[[Any, str], Any],
+                    where: sa.ColumnElement[bool] | None, after: tuple[Any, ...] | None,
+                    limit: int) -> tuple[bytes, int, tuple[Any, ...] | None] | None:
+        """One keyset page (as :meth:`page` without an order) rendered as CSV by the
+        database itself: ``(body, rows, last key; None when no row follows the page)``.
+        ``cell(column, kind)`` gives the SQL expression of each field's CSV text, or
+        None when it cannot; then, or when the dialect has no export, the result is
+        None and the caller formats :meth:`page`'s rows.
+
+        The page's last key is read first (the key ``limit`` rows on, an index range);
+        the page is then the rows up to and including it, so the key handed back always
+        ends exactly the rows sent, even while the table changes."""
+        self._need_open()
+        exprs = []
+        for f in fields:
+            col = self._cols.get(f)
+            if col is None:
+                raise ValueError(f"unknown field {f}")
+            e = cell(col.column, col.kind)
+            if e is None:
+                return None
+            exprs.append(e.label(f))
+        kcols = self._key_cols()
+        keys = [c.column for c in kcols]
+        conv = [_from_db_converter(c.kind) for c in kcols]
+        def bounded(stmt: sa.Select[Any]) -> sa.Select[Any]:
+            if where is not None:
+                stmt = stmt.where(where)
+            if after is not None:
+                stmt = stmt.where(self.dialect.keyset_after(keys, self._bind_key(kcols, after)))
+            return stmt.order_by(*keys)
+        with self._connect() as c:
+            # the page's last key and whether any row follows it
+            edges = c.execute(bounded(sa.select(*keys)).offset(limit - 1).limit(2)).all()
+            edge = edges[0] if len(edges) == 2 else None
+            stmt = bounded(sa.select(*exprs))
+            last: tuple[Any, ...] | None = None
+            if edge is not None:
+                last = tuple(fn(v) if fn else v for fn, v in zip(conv, edge, strict=True))
+                stmt = stmt.where(sa.not_(self.dialect.keyset_after(
+                    keys, self._bind_key(kcols, last))))
+            out = self.dialect.export_csv(c, stmt.limit(limit))
+            c.rollback()
+        if out is None:
+            return None
+        return out[0], out[1], last
+
     def from_text(self, field: str, text: str) -> Any:
         """A value typed as text (a CSV cell) as the column holds it; ValueError when
         it cannot be one (then no row can have it)."""

@@ -344,6 +344,14 @@ class Dialect:
         if new:
             conn.execute(table.insert(), new)
 
+    # ---- reads ----
+
+    def export_csv(self, conn: Connection, stmt: sa.Select[Any]) -> tuple[bytes, int] | None:
+        """The rows of ``stmt`` written by the database itself as CSV (UTF-8, LF after
+        each record, no header) and their number; None when this database has no such
+        export and the caller formats the rows. Generic: None."""
+        return None
+
     def delete_keys(self, conn: Connection, table: sa.Table, keys: list[str],
                     values: Sequence[Key]) -> None:
         """Delete the rows with these keys, a bounded IN list at a time."""

@@ -130,6 +130,40 @@ class PostgreSQLDialect(Dialect):
         conn.exec_driver_sql(f"DROP TABLE {prep.quote(stage)}")
         log.debug("COPY upsert of %d rows into %s", len(rows), table.name)
 
+    # ---- reads ----
+
+    def export_csv(self, conn: Connection, stmt: sa.Select[Any]) -> tuple[bytes, int] | None:
+        """``COPY (stmt) TO STDOUT WITH (FORMAT csv)``: the server formats the rows, which
+        is some twenty times faster than fetching them into Python. COPY takes no
+        server-side parameters, so psycopg binds the statement's values on the client
+        with its own quoting (``Cursor.copy(statement, params)``); the statement is
+        still SQLAlchemy's, and a value is never SQL text."""
+        raw = _psycopg_connection(conn)
+        if raw is None:
+            return None
+        compiled = stmt.compile(dialect=conn.dialect,
+                                compile_kwargs={"render_postcompile": True})
+        procs = getattr(compiled, "_bind_processors", None) or {}
+        params = {k: (procs[k](v) if k in procs else v) for k, v in compiled.params.items()}
+        conn.exec_driver_sql("SET LOCAL datestyle TO 'ISO, YMD'")
+        out = bytearray()
+        with raw.cursor() as cur:
+            with cur.copy(f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv)", params) as cp:
+                gen = getattr(cp, "_read_gen", None)
+                if gen is not None and hasattr(raw, "wait"):
+                    # Each row is a message: drain them all in one wait on the
+                    # connection instead of one per row (Copy.read()); a third less
+                    # time for a page of 50,000 rows.
+                    def drain() -> Any:
+                        while data := (yield from gen()):
+                            out.extend(data)
+                    raw.wait(drain())
+                else:
+                    while block := cp.read():
+                        out += block
+            n = cur.rowcount
+        return bytes(out), n
+
     # ---- capture triggers ----
 
     def home_schema(self, engine: Engine) -> str | None:

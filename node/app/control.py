@@ -27,11 +27,15 @@ import structlog
 from aiohttp import web
 
 from exnode.node.base.errors import DaemonNotRunning, ExnodeError, NotFound, UsageError
-from exnode.node.kernel.api import ControlRequest, RouteHandler
+from exnode.node.kernel.api import Blob, ControlRequest, RouteHandler
 
 log = structlog.get_logger("exnode")
 
 MAX_BODY = 512 * 1024 * 1024
+
+
+BLOB_TYPE = "application/x-exnode-blob"
+"""An answer of one JSON line and then bytes (:class:`exnode.node.kernel.api.Blob`)."""
 
 
 def _err(code: int, msg: str, exit_code: int = 1) -> web.Response:
@@ -137,8 +141,11 @@ class _Router:
                     raise UsageError("bad request: the body must be a JSON object")
             req = ControlRequest(body=body, params=dict(request.match_info),
                                  query=dict(request.query))
-            return web.json_response(await handler(req),
-                                     dumps=lambda d: json.dumps(d, default=str))
+            out = await handler(req)
+            if isinstance(out, Blob):  # one JSON line, then the bytes
+                return web.Response(body=json.dumps(out.meta, default=str).encode() + b"\n"
+                                    + out.data, content_type=BLOB_TYPE)
+            return web.json_response(out, dumps=lambda d: json.dumps(d, default=str))
 
         self.routes.append(web.route(method, path, serve))
 
@@ -236,6 +243,13 @@ def call(sock: Path, method: str, path: str, body: dict[str, Any] | None = None,
                                "see its log, e.g. journalctl -u exnode)") from None
     finally:
         conn.close()
+    if resp.status < 400 and resp.getheader("Content-Type", "").startswith(BLOB_TYPE):
+        head, _, data = raw.partition(b"\n")
+        try:
+            meta = json.loads(head)
+        except ValueError:
+            raise ExnodeError(f"unexpected answer from the daemon: {head[:200]!r}") from None
+        return {**meta, "blob": data}
     try:
         out = json.loads(raw)
     except ValueError:

@@ -264,6 +264,16 @@ class ControlRequest:
             raise UsageError(f"bad request: '{name}' is not a valid {kind.__name__}") from None
 
 
+@dataclass(frozen=True)
+class Blob:
+    """A route's answer that carries bytes (a page of a download, say): ``meta`` is
+    JSON-able, ``data`` goes as it is, neither base64 nor JSON. The control client
+    returns ``{**meta, "blob": data}``."""
+
+    meta: dict[str, Any]
+    data: bytes
+
+
 RouteHandler = Callable[[ControlRequest], Awaitable[Any]]
 
 

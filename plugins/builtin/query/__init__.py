@@ -23,6 +23,7 @@ Packages: ``query-req`` requester -> holder, ``query-page`` holder -> requester.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from typing import Any
@@ -32,16 +33,38 @@ import click
 import structlog
 
 from exnode.adapters.pool import AdapterPool
-from exnode.node.base.errors import NotFound, PackageError, Refused
-from exnode.node.kernel.api import ApplyContext, ControlRequest, KindSpec, Router, ServiceAPI
+from exnode.node.base.errors import NotFound, PackageError, Refused, UsageError
+from exnode.node.kernel.api import (
+    ApplyContext,
+    Blob,
+    ControlRequest,
+    KindSpec,
+    Router,
+    ServiceAPI,
+)
 from exnode.plugins import hookimpl
 from exnode.policies import filters
 from exnode.policies.masking import Masker
+
+from . import formats
 
 log = structlog.get_logger("exnode.query")
 
 REQ, PAGE = "query-req", "query-page"
 MAX_PAGE = 100_000
+AHEAD_KEEP_S = 120.0
+"""A page read ahead that nobody claims within this time is dropped."""
+AHEAD_MAX = 8
+"""Pages read ahead at most at once (one per running download)."""
+
+
+def _ahead_key(rid: str, body: dict[str, Any]) -> str:
+    return json.dumps([rid, body], sort_keys=True, default=str)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a page read ahead that failed: its caller hears it, if any
 
 
 class QueryService:
@@ -49,6 +72,7 @@ class QueryService:
         self.api = api
         self.pool = AdapterPool(api.config, api.plugins.adapters, api.plugins.dialects)
         self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._ahead: dict[str, tuple[float, asyncio.Future[Any]]] = {}
 
     @hookimpl
     def exnode_package_kinds(self, register: Any) -> None:
@@ -71,7 +95,7 @@ class QueryService:
         except (Refused, filters.FilterError) as e:
             out = {"error": str(e), "reason": getattr(e, "reason", "bad-filter")}
         out["id"] = qid
-        n = len(out.get("rows") or [])
+        n = int(out.get("n") or 0)
         self.api.log(ctx.conn, [{"pkg_id": h.id, "event": "query", "peer": h.src,
                                  "resource": h.res, "kind": REQ, "size": n,
                                  "status": out.get("reason") or f"{n} rows"}])
@@ -110,6 +134,16 @@ class QueryService:
         if not isinstance(offset, int) or offset < 0:
             raise PackageError("malformed", "query offset")
         self.api.grants.use(ctx.conn, g, limit)
+        as_csv, safe = b.get("as") == "csv", b.get("safe", True) is not False
+        masks = {f: r for f, r in g.masks.items() if f in fields}
+        if as_csv and not order and not masks:  # the database writes the CSV itself
+            exported = ad.export_page(
+                fields, lambda col, kind: formats.sql_csv_cell(col, kind, safe), where,
+                tuple(after) if after else None, limit)
+            if exported is not None:
+                body, n, edge = exported
+                return {"fields": fields, "csv": formats.crlf_lines(body), "n": n,
+                        "last": list(edge) if edge else None, "done": edge is None}
         rows = ad.page(fields, where, order, tuple(after) if after else None, limit,
                        offset=offset)
         sel = fields if order else list(ad.key) + [f for f in fields if f not in ad.key]
@@ -119,11 +153,14 @@ class QueryService:
             out_rows = [tuple(r[i] for i in idx) for r in rows]
         else:
             out_rows = rows
-        masks = {f: r for f, r in g.masks.items() if f in fields}
         if masks:
             out_rows = Masker(masks, salt=g.id.encode()).apply_tuples(fields, out_rows)
-        return {"fields": fields, "rows": [list(r) for r in out_rows], "last": last,
-                "done": len(rows) < limit}
+        done = len(rows) < limit
+        if as_csv:
+            return {"fields": fields, "csv": formats.csv_body(out_rows, safe),
+                    "n": len(out_rows), "last": last, "done": done}
+        return {"fields": fields, "rows": [list(r) for r in out_rows], "n": len(out_rows),
+                "last": last, "done": done}
 
     # --- the requester ------------------------------------------------------------------------
 
@@ -182,15 +219,47 @@ class QueryService:
         rid = req.arg("resource")
         where = [filters.parse(t) for t in req.arg("where", list, [])]
         order = filters.parse_order(req.arg("order", list, []))
+        as_ = req.arg("as", str, "rows")
+        if as_ not in ("rows", "csv"):
+            raise UsageError("bad request: 'as' is rows or csv")
         body = {"fields": req.arg("fields", list, None), "where": filters.to_wire(where),
                 "order": [[f, d] for f, d in order], "after": req.arg("after", list, None),
                 "offset": req.arg("offset", int, 0),
-                "limit": max(1, min(req.arg("limit", int, 20_000), MAX_PAGE))}
+                "limit": max(1, min(req.arg("limit", int, 20_000), MAX_PAGE)),
+                "as": as_, "safe": req.arg("safe", bool, True)}
         t0 = time.monotonic()
-        b = await self.page(rid, body, req.arg("timeout", float, 120.0))
-        n = len(b.get("rows") or [])
+        b = await self._next_page(rid, body, req.arg("timeout", float, 120.0))
+        n = int(b.get("n") or len(b.get("rows") or []))
         await self.api.db(self._log_page, rid, n)
-        return {**b, "ms": round((time.monotonic() - t0) * 1000, 1)}
+        out = {**b, "ms": round((time.monotonic() - t0) * 1000, 1)}
+        data = out.pop("csv", None)
+        if isinstance(data, bytes):  # the CSV text goes as it is, not inside JSON
+            return Blob(out, data)
+        return out
+
+    async def _next_page(self, rid: str, body: dict[str, Any], timeout: float) \
+            -> dict[str, Any]:
+        """The page ``body`` asks for: the one fetched ahead for it, or asked for now.
+        A page read in key order starts the request for the page after it at once
+        (read-ahead), so the holder and the relay work on page n+1 while the
+        requester writes page n; a page nobody claims is dropped after a while."""
+        now = time.monotonic()
+        for k, (at, task) in list(self._ahead.items()):
+            if now - at > AHEAD_KEEP_S or len(self._ahead) > AHEAD_MAX:
+                task.cancel()
+                del self._ahead[k]
+        ahead = self._ahead.pop(_ahead_key(rid, body), None)
+        if ahead is not None:
+            self.api.grants.check(rid, self.api.node_id, "query")  # revoked meanwhile?
+            b = await ahead[1]
+        else:
+            b = await self.page(rid, body, timeout)
+        if not body["order"] and not b.get("done") and b.get("last") is not None:
+            nxt = {**body, "after": b["last"]}
+            task = asyncio.ensure_future(self.page(rid, nxt, timeout))
+            task.add_done_callback(_retrieved)
+            self._ahead[_ahead_key(rid, nxt)] = (time.monotonic(), task)
+        return b
 
     def _log_page(self, rid: str, n: int) -> None:
         with self.api.state.begin() as conn:
@@ -200,6 +269,9 @@ class QueryService:
 
     @hookimpl
     def exnode_shutdown(self, api: ServiceAPI) -> None:
+        for _at, task in self._ahead.values():
+            task.cancel()
+        self._ahead.clear()
         self.pool.close()
 
 

@@ -279,6 +279,30 @@ class Download:
             self._rollback()
             raise
 
+    def write_csv(self, body: bytes, rows: int, cursor: Any) -> None:
+        """Append a chunk that is already CSV: ``rows`` records as :func:`csv_body`
+        makes them (or a holder's database, to the same rules), and record ``cursor``
+        with it. Only for a CSV download; the bytes go to disk unparsed."""
+        if self._done or self._text is None:
+            raise ValueError(f"download to {self.path} is closed")
+        if self.fmt != "csv":
+            raise ValueError(f"a CSV chunk for a {self.fmt} download")
+        if body and not body.endswith(b"\n"):
+            raise ValueError("a CSV chunk must end with a line break")
+        cursor = _json_copy(cursor, "cursor")
+        try:
+            self._text.flush()
+            self._raw.write(body)
+            self._commit(rows, cursor)
+        except OSError as e:
+            self._rollback()
+            raise FormatError(f"cannot write {part_path(self.path)}: {e.strerror}; its "
+                              f"first {self.rows} rows are kept, add --resume to "
+                              f"continue") from None
+        except BaseException:
+            self._rollback()
+            raise
+
     def _commit(self, added: int, cursor: Any) -> None:
         """Make the written bytes durable, then record them in the sidecar."""
         assert self._text is not None
@@ -356,25 +380,7 @@ class Download:
 
     def _cell(self, value: Any) -> str:
         """One value as CSV text."""
-        if value is None:
-            return ""
-        if isinstance(value, str):
-            return self._text_cell(value)
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int):
-            return str(value)
-        if isinstance(value, float):
-            return repr(value) if math.isfinite(value) else _non_finite(value)
-        if isinstance(value, Decimal):
-            return _decimal_text(value)
-        if isinstance(value, dt.date | dt.time):
-            return value.isoformat()
-        if isinstance(value, bytes | bytearray | memoryview):
-            return base64.b64encode(value).decode("ascii")
-        if isinstance(value, dict | list | tuple):
-            return json.dumps(value, ensure_ascii=False, default=_json_default)
-        return self._text_cell(str(value))
+        return csv_cell(value, self._safe)
 
     def _xlsx_value(self, value: Any) -> Any:
         """One value as it goes into the xlsx part file: a JSON scalar, or a one-key
@@ -410,12 +416,87 @@ class Download:
         return self._text_cell(str(value))
 
     def _text_cell(self, text: str) -> str:
-        if self._safe and text.startswith(_FORMULA_STARTS):
-            return "'" + text
-        return text
+        return _guard(text, self._safe)
 
 
 # -- values shared by the formats -------------------------------------------------------
+
+def _guard(text: str, safe: bool) -> str:
+    if safe and text.startswith(_FORMULA_STARTS):
+        return "'" + text
+    return text
+
+
+def csv_cell(value: Any, safe: bool = True) -> str:
+    """One value as CSV text (the rules in the module's docstring)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return _guard(value, safe)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else _non_finite(value)
+    if isinstance(value, Decimal):
+        return _decimal_text(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, ensure_ascii=False, default=_json_default)
+    return _guard(str(value), safe)
+
+
+def csv_body(rows: Sequence[Sequence[Any]], safe: bool = True) -> bytes:
+    """Rows as the data lines of a CSV download (UTF-8, CRLF, no header), ready for
+    :meth:`Download.write_csv`: what a holder sends when its database cannot render
+    the page itself (see :func:`sql_csv_cell`)."""
+    out = io.StringIO(newline="")
+    w = csv.writer(out, lineterminator="\r\n")
+    w.writerows([csv_cell(v, safe) for v in r] for r in rows)
+    return out.getvalue().encode("utf-8")
+
+
+#: Column kinds whose CSV text a database renders exactly as :func:`csv_cell` does
+#: (floats and times are not among them: PostgreSQL writes 100.0 as 100 and a
+#: timestamp with a space where Python writes a T).
+SQL_CSV_KINDS: Final = frozenset({"str", "int", "decimal", "date", "bool", "uuid"})
+
+
+def sql_csv_cell(col: Any, kind: str, safe: bool = True) -> Any:
+    """A SQLAlchemy expression that makes the database write a column's value as
+    :func:`csv_cell` would (for COPY ... TO STDOUT); None when the kind cannot be
+    rendered exactly, and the holder formats the rows itself. Written for PostgreSQL,
+    the one dialect that exports pages (``Dialect.export_csv``). Values stay bound
+    parameters; the formula guard is a CASE on the first character."""
+    import sqlalchemy as sa
+
+    if kind not in SQL_CSV_KINDS:
+        return None
+    if kind == "bool":
+        return sa.case((col.is_(True), sa.literal("true")),
+                       (col.is_(False), sa.literal("false")), else_=sa.null())
+    if kind == "str" and safe:  # concat() keeps CHAR(n)'s padding, as the driver does
+        return sa.case((col.is_(None), sa.null()),
+                       (sa.func.substr(col, 1, 1).in_(list(_FORMULA_STARTS)),
+                        sa.func.concat("'", col)), else_=sa.func.concat(col))
+    return col
+
+
+def crlf_lines(body: bytes) -> bytes:
+    """CSV from a database (LF after each record) with CRLF record ends, as the CSV
+    module writes them; a line break inside a quoted value is left as it is. Quotes
+    inside values are doubled, so the text outside quotes is every other piece
+    between quote characters."""
+    if b'"' not in body:
+        return body.replace(b"\n", b"\r\n")
+    parts = body.split(b'"')
+    parts[0::2] = [p.replace(b"\n", b"\r\n") for p in parts[0::2]]
+    return b'"'.join(parts)
+
 
 def _non_finite(number: float) -> str:
     return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
