@@ -663,10 +663,18 @@ class SqlAdapter:
             return None
         return out[0], out[1], last
 
+    def kind(self, field: str) -> str:
+        """The kind of a field's column (bool, int, decimal, float, str, bytes, date,
+        datetime, time, interval, uuid, json, other)."""
+        self._need_open()
+        return self._cols[field].kind
+
     def from_text(self, field: str, text: str) -> Any:
         """A value typed as text (a CSV cell) as the column holds it; ValueError when
         it cannot be one (then no row can have it)."""
         k = self._cols[field].kind
+        if k == "str":
+            return text
         if k == "int":
             return int(text)
         if k == "decimal":
@@ -712,7 +720,12 @@ class SqlAdapter:
                     continue
                 stmt = sa.select(*[self._cols[f].column.label(f) for f in sel]).where(
                     self.dialect.keys_in([c.column for c in kcols], part))
-                for r in conn.execute(stmt):
+                rows = conn.execute(stmt).all()  # one fetch, not a row at a time
+                if not any(conv):
+                    for r in rows:
+                        out[tuple(r[:nk])] = tuple(r[nk:])
+                    continue
+                for r in rows:
                     vals = tuple(fn(v) if fn else v for fn, v in zip(conv, r, strict=True))
                     out[vals[:nk]] = vals[nk:]
         return out

@@ -26,6 +26,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 import cbor2
@@ -52,14 +53,48 @@ log = structlog.get_logger("exnode.query")
 
 REQ, PAGE = "query-req", "query-page"
 MAX_PAGE = 100_000
+AHEAD_PAGES = 2
+"""Pages of a download requested ahead of the one its reader has."""
 AHEAD_KEEP_S = 120.0
-"""A page read ahead that nobody claims within this time is dropped."""
-AHEAD_MAX = 8
-"""Pages read ahead at most at once (one per running download)."""
+"""Pages read ahead for a download whose reader went away are dropped after this."""
+AHEAD_MAX = 16
+"""Downloads read ahead at most at once."""
+CURSORS_KEPT = 256
+"""Read-aheads a holder remembers the place of."""
 
 
 def _ahead_key(rid: str, body: dict[str, Any]) -> str:
     return json.dumps([rid, body], sort_keys=True, default=str)
+
+
+class _Stream:
+    """One download's read-ahead: the pages asked for and not yet claimed."""
+
+    def __init__(self, svc: QueryService, rid: str, body: dict[str, Any],
+                 timeout: float) -> None:
+        self.svc, self.rid, self.body, self.timeout = svc, rid, body, timeout
+        self.sid = str(uuid.uuid4())
+        self.next_n = 0
+        self.pages: dict[int, asyncio.Future[Any]] = {}
+        self.at = time.monotonic()
+
+    def ask(self, n: int) -> asyncio.Future[Any]:
+        wire = {**self.body, "sid": self.sid, "n": n}
+        if n:
+            wire["cont"] = True
+        task = asyncio.ensure_future(self.svc.page(self.rid, wire, self.timeout))
+        task.add_done_callback(_retrieved)
+        self.pages[n] = task
+        self.next_n = n + 1
+        return task
+
+    def ask_next(self) -> None:
+        self.ask(self.next_n)
+
+    def close(self) -> None:
+        for task in self.pages.values():
+            task.cancel()
+        self.pages.clear()
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:
@@ -72,7 +107,8 @@ class QueryService:
         self.api = api
         self.pool = AdapterPool(api.config, api.plugins.adapters, api.plugins.dialects)
         self._waiting: dict[str, asyncio.Future[Any]] = {}
-        self._ahead: dict[str, tuple[float, asyncio.Future[Any]]] = {}
+        self._ahead: dict[str, tuple[_Stream, int]] = {}
+        self._cursors: OrderedDict[tuple[str, Any], tuple[int, Any, bool]] = OrderedDict()
 
     @hookimpl
     def exnode_package_kinds(self, register: Any) -> None:
@@ -95,10 +131,18 @@ class QueryService:
         except (Refused, filters.FilterError) as e:
             out = {"error": str(e), "reason": getattr(e, "reason", "bad-filter")}
         out["id"] = qid
+        sid, seq = b.get("sid"), b.get("n")
+        if isinstance(sid, str) and len(sid) <= 64 and isinstance(seq, int) \
+                and "error" not in out:  # where read-ahead goes on from
+            self._cursors[(h.src, sid)] = (seq, out.get("last"), bool(out.get("done")))
+            self._cursors.move_to_end((h.src, sid))
+            while len(self._cursors) > CURSORS_KEPT:
+                self._cursors.popitem(last=False)
         n = int(out.get("n") or 0)
-        self.api.log(ctx.conn, [{"pkg_id": h.id, "event": "query", "peer": h.src,
-                                 "resource": h.res, "kind": REQ, "size": n,
-                                 "status": out.get("reason") or f"{n} rows"}])
+        if not out.pop("past_end", False):
+            self.api.log(ctx.conn, [{"pkg_id": h.id, "event": "query", "peer": h.src,
+                                     "resource": h.res, "kind": REQ, "size": n,
+                                     "status": out.get("reason") or f"{n} rows"}])
         ctx.reply(PAGE, cbor2.dumps(out))
 
     def _page(self, ctx: ApplyContext, rid: str, who: str, b: dict[str, Any]) \
@@ -133,8 +177,16 @@ class QueryService:
             raise PackageError("malformed", "query 'after' is not a key")
         if not isinstance(offset, int) or offset < 0:
             raise PackageError("malformed", "query offset")
-        self.api.grants.use(ctx.conn, g, limit)
         as_csv, safe = b.get("as") == "csv", b.get("safe", True) is not False
+        if b.get("cont"):  # "the page after page n-1 of read-ahead sid"
+            cur = self._cursors.get((who, b.get("sid")))
+            if cur is None or cur[0] != b.get("n", 0) - 1:
+                raise Refused("cursor-lost", "the page before this one is not known here")
+            if cur[2]:  # asked ahead past the end: nothing to send, or to log
+                return {"fields": fields, "csv" if as_csv else "rows": b"" if as_csv else [],
+                        "n": 0, "last": None, "done": True, "past_end": True}
+            after = cur[1]
+        self.api.grants.use(ctx.conn, g, limit)
         masks = {f: r for f, r in g.masks.items() if f in fields}
         if as_csv and not order and not masks:  # the database writes the CSV itself
             exported = ad.export_page(
@@ -239,27 +291,52 @@ class QueryService:
 
     async def _next_page(self, rid: str, body: dict[str, Any], timeout: float) \
             -> dict[str, Any]:
-        """The page ``body`` asks for: the one fetched ahead for it, or asked for now.
-        A page read in key order starts the request for the page after it at once
-        (read-ahead), so the holder and the relay work on page n+1 while the
-        requester writes page n; a page nobody claims is dropped after a while."""
+        """The page ``body`` asks for: one read ahead for it, or asked for now.
+
+        Read-ahead: a download in key order asks the holder for the first page and at
+        once for the :data:`AHEAD_PAGES` after it, each as "the page after page n-1"
+        (the holder remembers where each page of a read-ahead ended), and keeps that
+        many asked for ahead of the page its reader has. So the holder goes from one
+        page to the next without waiting for a round trip through the center. A page
+        nobody claims is dropped after :data:`AHEAD_KEEP_S`; if the holder lost its
+        place (a restart), the reader's own request, with its key, is asked as it is."""
         now = time.monotonic()
-        for k, (at, task) in list(self._ahead.items()):
-            if now - at > AHEAD_KEEP_S or len(self._ahead) > AHEAD_MAX:
-                task.cancel()
+        for k, (st, _n) in list(self._ahead.items()):
+            if now - st.at > AHEAD_KEEP_S:
+                st.close()
                 del self._ahead[k]
-        ahead = self._ahead.pop(_ahead_key(rid, body), None)
-        if ahead is not None:
+        hit = self._ahead.pop(_ahead_key(rid, body), None)
+        if hit is not None:
+            stream, n = hit
+            stream.at = now
             self.api.grants.check(rid, self.api.node_id, "query")  # revoked meanwhile?
-            b = await ahead[1]
-        else:
-            b = await self.page(rid, body, timeout)
-        if not body["order"] and not b.get("done") and b.get("last") is not None:
-            nxt = {**body, "after": b["last"]}
-            task = asyncio.ensure_future(self.page(rid, nxt, timeout))
-            task.add_done_callback(_retrieved)
-            self._ahead[_ahead_key(rid, nxt)] = (time.monotonic(), task)
+            try:
+                b = await stream.pages.pop(n)
+            except Refused as e:
+                if e.reason != "cursor-lost":
+                    stream.close()
+                    raise
+                stream.close()
+                return await self.page(rid, body, timeout)
+            self._go_on(stream, n, b)
+            return b
+        if body["order"] or len(self._ahead) >= AHEAD_MAX:
+            return await self.page(rid, body, timeout)
+        stream = _Stream(self, rid, body, timeout)
+        b = await stream.ask(0)  # the pages after it only once there are more
+        self._go_on(stream, 0, b)
         return b
+
+    def _go_on(self, stream: _Stream, n: int, page: dict[str, Any]) -> None:
+        """Page n of a read-ahead was claimed: expect the reader's request for page
+        n+1 (the same body, after page n's last key), and keep AHEAD_PAGES asked for."""
+        if page.get("done") or page.get("last") is None:
+            stream.close()
+            return
+        stream.body = {**stream.body, "after": page["last"]}
+        self._ahead[_ahead_key(stream.rid, stream.body)] = (stream, n + 1)
+        while stream.next_n <= n + AHEAD_PAGES:
+            stream.ask_next()
 
     def _log_page(self, rid: str, n: int) -> None:
         with self.api.state.begin() as conn:
@@ -269,8 +346,8 @@ class QueryService:
 
     @hookimpl
     def exnode_shutdown(self, api: ServiceAPI) -> None:
-        for _at, task in self._ahead.values():
-            task.cancel()
+        for stream, _n in self._ahead.values():
+            stream.close()
         self._ahead.clear()
         self.pool.close()
 
