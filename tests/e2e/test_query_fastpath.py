@@ -102,5 +102,29 @@ def test_postgres_holder_csv_readahead_survives_holder_restart(make_star, system
     lost = db_rows(star, "b1", "SELECT count(*) FROM exchange_log WHERE event = 'query' "
                    "AND status = 'cursor-lost'")[0][0]
     assert lost >= 1  # the fallback was taken, not skipped by luck
+
+    # (3) a verification batch larger than one part (PART_RECORDS) comes back whole and
+    # in order: each record's answer is its own, across the parts
+    from exnode.plugins.builtin.verification import PART_RECORDS
+
+    m = 2 * PART_RECORDS + 5_000
+    with eng.begin() as c:
+        c.execute(md.tables["cases"].insert(), [
+            {"id": f"V{i:06d}", "note": f"备注{i}", "code": "X", "amount": 0, "open": True}
+            for i in range(m)])
+    r = star.cli("b2", "access", "request", "cases", "--service", "verify", "--purpose", "t",
+                 "--json")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: len(star.call("b1", "GET", "/access/grants")) == 2, 60,
+               what="the verify grant at the holder")
+    recs = [[f"V{i:06d}" if i % 11 else f"W{i:06d}", f"备注{i}" if i % 7 else "别的"]
+            for i in range(m)]
+    out3 = call(sock, "POST", "/verify", {"resource": "cases", "key": ["id"],
+                                          "check": ["note"], "records": recs,
+                                          "timeout": 120}, 150)
+    assert out3["results"] == [[False, []] if i % 11 == 0 else [True, [i % 7 != 0]]
+                               for i in range(m)]
+    parts = db_rows(star, "b1", "SELECT count(*) FROM exchange_log WHERE event = 'verify'")
+    assert parts[0][0] == 3
     eng.dispose()
 

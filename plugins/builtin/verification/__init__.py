@@ -41,6 +41,8 @@ log = structlog.get_logger("exnode.verification")
 
 REQ, RES = "check-req", "check-res"
 MAX_RECORDS = 200_000  # per request
+PART_RECORDS = 20_000
+"""Records per package of a large batch (sent together, answered part by part)."""
 MAX_VALUE = 1000
 
 
@@ -209,10 +211,20 @@ class VerificationService:
 
     async def ask(self, rid: str, key: list[str], check: list[str],
                   records: list[list[Any]], timeout: float) -> dict[str, Any]:
-        """Send one batch and wait for its answer."""
+        """Send a batch and wait for its answer. A large batch goes as parts of
+        :data:`PART_RECORDS` records sent at once, so the holder works on one part
+        while the next travels and this node reads the answer to the last (each part
+        is a request of its own for the grant's rate)."""
         g = self.api.grants.check(rid, self.api.node_id, "verify")
         entry = self.api.catalog.entry(rid) or {}
         g.check_fields(check, [e["name"] for e in entry.get("elements") or []] or check)
+        parts = [records[i:i + PART_RECORDS] for i in range(0, len(records), PART_RECORDS)]
+        answers = await asyncio.gather(*(self._ask_part(rid, key, check, part, timeout)
+                                         for part in parts or [[]]))
+        return {"results": [r for a in answers for r in a]}
+
+    async def _ask_part(self, rid: str, key: list[str], check: list[str],
+                        records: list[list[Any]], timeout: float) -> list[list[Any]]:
         qid = str(uuid.uuid4())
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[qid] = fut
@@ -230,8 +242,8 @@ class VerificationService:
                 and len(hits) == len(records) and len(matches) == len(records) * nc):
             raise PackageError("malformed", "the answer does not match the request")
         per_record = zip(*[iter(matches)] * nc, strict=True)  # nc bytes a record
-        return {"results": [[True, [m == 1 for m in ms]] if f else [False, []]
-                            for f, ms in zip(hits, per_record, strict=True)]}
+        return [[True, [m == 1 for m in ms]] if f else [False, []]
+                for f, ms in zip(hits, per_record, strict=True)]
 
     # --- control routes ---------------------------------------------------------------------
 
