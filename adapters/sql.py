@@ -626,9 +626,12 @@ class SqlAdapter:
         None and the caller formats :meth:`page`'s rows.
 
         The page's last key is read first (the key ``limit`` rows on, an index range);
-        the page is then the rows up to and including it, so the key handed back always
-        ends exactly the rows sent, even while the table changes."""
+        the page is then the rows up to and including it. Both statements run in one
+        REPEATABLE READ transaction, one snapshot, so the key handed back always ends
+        exactly the rows sent, even while the table changes."""
         self._need_open()
+        if not self.dialect.exports_csv:
+            return None
         exprs = []
         for f in fields:
             col = self._cols.get(f)
@@ -647,7 +650,9 @@ class SqlAdapter:
             if after is not None:
                 stmt = stmt.where(self.dialect.keyset_after(keys, self._bind_key(kcols, after)))
             return stmt.order_by(*keys)
-        with self._connect() as c:
+        with self.engine.connect().execution_options(
+                isolation_level="REPEATABLE READ") as c:
+            self.dialect.prepare_session(c)
             # the page's last key and whether any row follows it
             edges = c.execute(bounded(sa.select(*keys)).offset(limit - 1).limit(2)).all()
             edge = edges[0] if len(edges) == 2 else None

@@ -160,6 +160,8 @@ class Dialect:
     row_value_order: ClassVar[bool] = False
     #: Key lookups with a row-value ``IN`` list.
     row_value_in_list: ClassVar[bool] = False
+    #: :meth:`export_csv` is implemented: the database writes CSV itself.
+    exports_csv: ClassVar[bool] = False
     #: The database's name in messages ("SQLite column price ...").
     title: ClassVar[str] = "database"
 

@@ -79,6 +79,7 @@ class PostgreSQLDialect(Dialect):
     supports_triggers: ClassVar[bool] = True
     row_value_order: ClassVar[bool] = True
     row_value_in_list: ClassVar[bool] = True
+    exports_csv: ClassVar[bool] = True
     title: ClassVar[str] = "PostgreSQL"
 
     # ---- exact values ----

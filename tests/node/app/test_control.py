@@ -16,7 +16,7 @@ import pytest
 
 from exnode.node.app.control import ControlServer, call
 from exnode.node.base.errors import DaemonNotRunning, ExnodeError, PackageError, UsageError
-from exnode.node.kernel.api import ControlRequest, Router
+from exnode.node.kernel.api import Blob, ControlRequest, Router
 
 
 async def _echo(req: ControlRequest) -> Any:
@@ -44,8 +44,16 @@ async def _gone(_req: ControlRequest) -> Any:
     raise DaemonNotRunning("the sync service is not running")
 
 
+BYTES = b"a,b\r\n\x00\xff\n{\"not\": json}\n" * 1000
+
+
+async def _blob(req: ControlRequest) -> Any:
+    return Blob({"n": req.arg("n", int, 0), "last": ["k", 1], "done": False}, BYTES)
+
+
 def routes(router: Router) -> None:
     router.post("/echo/{name}", _echo)
+    router.post("/blob", _blob)
     router.get("/usage", _usage)
     router.post("/refused", _refused)
     router.get("/slow", _slow)
@@ -264,3 +272,10 @@ def test_a_daemon_that_dies_while_answering_is_a_one_line_error(tmp_path: Path) 
     finally:
         t.join(5)
         srv.close()
+
+
+def test_a_blob_answer_is_its_meta_and_its_bytes_untouched(sock: Path) -> None:
+    out = call(sock, "POST", "/blob", {"n": 3})
+    assert out == {"n": 3, "last": ["k", 1], "done": False, "blob": BYTES}
+    # a JSON answer next to it is unchanged
+    assert call(sock, "POST", "/echo/x", {"n": 1})["n"] == 1
