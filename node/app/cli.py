@@ -803,12 +803,41 @@ def _since(s: str) -> float:
                          "date/time") from None
 
 
-def main() -> None:
-    """Console entry point."""
-    try:
-        from exnode.plugins.manager import make_manager
+def _command_name(args: list[str]) -> str | None:
+    """The command ``args`` name (skipping ``-c FILE``), or None (help, version)."""
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-c", "--config"):
+            i += 2
+            continue
+        if a.startswith("-"):
+            if a.startswith("--config=") or (a.startswith("-c") and len(a) > 2):
+                i += 1
+                continue
+            return None  # --help, --version, or a mistake: load everything
+        return a
+    return None
 
-        make_manager().hook.exnode_cli_commands(cli=cli)
+
+def main() -> None:
+    """Console entry point. A core command loads no plugin commands, a built-in
+    plugin's command only its plugin; anything else (``--help``, a plugin installed
+    from elsewhere) loads them all."""
+    name = _command_name(sys.argv[1:])
+    if name is not None and name in cli.commands:
+        cli(prog_name="exnode")
+        return
+    try:
+        import importlib
+
+        from exnode.plugins.manager import BUILTIN_COMMANDS, make_manager
+
+        module = BUILTIN_COMMANDS.get(name or "")
+        if module is not None:
+            importlib.import_module(module).exnode_cli_commands(cli=cli)
+        else:
+            make_manager().hook.exnode_cli_commands(cli=cli)
     except Exception as e:  # a broken plugin must not take the CLI down
         click.echo(f"exnode: warning: plugin CLI commands not loaded: {e}", err=True)
     cli(prog_name="exnode")

@@ -378,3 +378,45 @@ def test_config_check_names_unreadable_broker_files_and_open_password_files(tmp_
     assert "broker.tls.ca: cannot read /nonexistent/ca.pem: No such file or directory" in w
     assert f"broker.password_file: {pw} is readable by others" in w
     assert "None" not in w
+
+
+def test_builtin_command_table_matches_what_the_plugins_register():
+    import importlib
+
+    import click
+
+    from exnode.plugins.manager import BUILTIN_COMMANDS, DEFAULT_PLUGINS
+
+    registered = {}
+    for _name, module in DEFAULT_PLUGINS:
+        group = click.Group()
+        hook = getattr(importlib.import_module(module), "exnode_cli_commands", None)
+        if hook is not None:
+            hook(cli=group)
+        registered.update({cmd: module for cmd in group.commands})
+    assert registered == BUILTIN_COMMANDS
+
+
+@pytest.mark.parametrize(("args", "loaded", "not_loaded"), [
+    (["query", "--help"], "exnode.plugins.builtin.query", "exnode.plugins.builtin.sync"),
+    (["-c", "x.yaml", "verify", "--help"], "exnode.plugins.builtin.verification",
+     "exnode.plugins.builtin.query"),
+    (["status", "--help"], None, "exnode.plugins.builtin.query"),
+    (["--help"], "exnode.plugins.builtin.sync", None),
+])
+def test_a_command_loads_only_the_plugin_it_needs(tmp_path, args, loaded, not_loaded):
+    code = "\n".join([
+        "import sys", "from exnode.node.app.cli import main",
+        f"sys.argv = ['exnode', *{args!r}]",
+        "try:", "    main()", "except SystemExit as e:", "    code = e.code",
+        "print(sorted(m for m in sys.modules if m.startswith('exnode.plugins.builtin.')"
+        " and m.count('.') == 3), code, file=sys.stderr)"])
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    mods, _, rc = r.stderr.strip().splitlines()[-1].rpartition("] ")
+    assert rc == "0", r.stderr
+    assert "Usage:" in r.stdout
+    if loaded:
+        assert f"'{loaded}'" in mods
+    if not_loaded:
+        assert f"'{not_loaded}'" not in mods
