@@ -57,8 +57,8 @@ AHEAD_PAGES = 2
 """Pages of a download requested ahead of the one its reader has."""
 AHEAD_KEEP_S = 120.0
 """Pages read ahead for a download whose reader went away are dropped after this."""
-AHEAD_MAX = 16
-"""Downloads read ahead at most at once."""
+AHEAD_MAX = 8
+"""Downloads read ahead at most at once (memory: AHEAD_PAGES + 1 pages each)."""
 CURSORS_KEPT = 256
 """Read-aheads a holder remembers the place of."""
 
@@ -301,10 +301,7 @@ class QueryService:
         nobody claims is dropped after :data:`AHEAD_KEEP_S`; if the holder lost its
         place (a restart), the reader's own request, with its key, is asked as it is."""
         now = time.monotonic()
-        for k, (st, _n) in list(self._ahead.items()):
-            if now - st.at > AHEAD_KEEP_S:
-                st.close()
-                del self._ahead[k]
+        self._expire()
         hit = self._ahead.pop(_ahead_key(rid, body), None)
         if hit is not None:
             stream, n = hit
@@ -327,12 +324,22 @@ class QueryService:
         self._go_on(stream, 0, b)
         return b
 
+    def _expire(self) -> None:
+        """Drop the read-ahead of downloads whose reader has not come back."""
+        now = time.monotonic()
+        for k, (st, _n) in list(self._ahead.items()):
+            if now - st.at > AHEAD_KEEP_S:
+                st.close()
+                del self._ahead[k]
+
     def _go_on(self, stream: _Stream, n: int, page: dict[str, Any]) -> None:
         """Page n of a read-ahead was claimed: expect the reader's request for page
         n+1 (the same body, after page n's last key), and keep AHEAD_PAGES asked for."""
         if page.get("done") or page.get("last") is None:
             stream.close()
             return
+        # a reader that goes away: its pages are dropped even if nobody asks again
+        asyncio.get_running_loop().call_later(AHEAD_KEEP_S + 1, self._expire)
         stream.body = {**stream.body, "after": page["last"]}
         self._ahead[_ahead_key(stream.rid, stream.body)] = (stream, n + 1)
         while stream.next_n <= n + AHEAD_PAGES:
