@@ -713,10 +713,17 @@ class SqlAdapter:
         nk = len(kcols)
         out: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         step = self.dialect.keys_per_statement(nk)
+        # kinds the driver gives in their Python type: no need for SQLAlchemy's rows
+        plain = all(self._cols[f].kind in ("str", "int", "decimal", "date", "bool", "uuid")
+                    for f in sel)
+        text_key = all(c.kind == "str" for c in kcols)
         with self._connect() as conn:
             for i in range(0, len(keys), step):
                 part = []
                 for k in keys[i:i + step]:
+                    if text_key and len(k) == nk and all(type(v) is str for v in k):
+                        part.append(list(k))  # what _bind_key makes of text for text
+                        continue
                     try:
                         part.append(self._bind_key(kcols, k))
                     except SchemaMismatch:
@@ -725,7 +732,8 @@ class SqlAdapter:
                     continue
                 stmt = sa.select(*[self._cols[f].column.label(f) for f in sel]).where(
                     self.dialect.keys_in([c.column for c in kcols], part))
-                rows = conn.execute(stmt).all()  # one fetch, not a row at a time
+                rows = self.dialect.fetch_all(conn, stmt) if plain \
+                    else conn.execute(stmt).all()
                 if not any(conv):
                     for r in rows:
                         out[tuple(r[:nk])] = tuple(r[nk:])

@@ -348,6 +348,13 @@ class Dialect:
 
     # ---- reads ----
 
+    def fetch_all(self, conn: Connection, stmt: sa.Select[Any]) -> list[Any]:
+        """All rows of ``stmt`` as tuples (or tuple-like rows), values as the driver
+        gives them; only for columns whose values the driver already gives in their
+        Python type (text, integers, decimals, dates, booleans, UUIDs). Generic:
+        SQLAlchemy's result."""
+        return conn.execute(stmt).all()
+
     def export_csv(self, conn: Connection, stmt: sa.Select[Any]) -> tuple[bytes, int] | None:
         """The rows of ``stmt`` written by the database itself as CSV (UTF-8, LF after
         each record, no header) and their number; None when this database has no such

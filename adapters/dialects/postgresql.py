@@ -153,6 +153,18 @@ class PostgreSQLDialect(Dialect):
 
     # ---- reads ----
 
+    def fetch_all(self, conn: Connection, stmt: sa.Select[Any]) -> list[Any]:
+        """On psycopg: SQLAlchemy compiles, psycopg executes and fetches, without
+        SQLAlchemy's row objects (a third of the time of looking up 20,000 keys)."""
+        raw = _psycopg_connection(conn)
+        if raw is None:
+            return super().fetch_all(conn, stmt)
+        compiled = stmt.compile(dialect=conn.dialect)
+        procs = getattr(compiled, "_bind_processors", None) or {}
+        params = {k: (procs[k](v) if k in procs else v) for k, v in compiled.params.items()}
+        with raw.cursor() as cur:
+            return cur.execute(str(compiled), params, binary=True).fetchall()
+
     def export_csv(self, conn: Connection, stmt: sa.Select[Any]) -> tuple[bytes, int] | None:
         """``COPY (stmt) TO STDOUT WITH (FORMAT csv)``: the server formats the rows, which
         is some twenty times faster than fetching them into Python. COPY takes no

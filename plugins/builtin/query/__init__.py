@@ -293,10 +293,10 @@ class QueryService:
             -> dict[str, Any]:
         """The page ``body`` asks for: one read ahead for it, or asked for now.
 
-        Read-ahead: a download in key order asks the holder for the first page and at
-        once for the :data:`AHEAD_PAGES` after it, each as "the page after page n-1"
-        (the holder remembers where each page of a read-ahead ended), and keeps that
-        many asked for ahead of the page its reader has. So the holder goes from one
+        Read-ahead: once the first page of a download in key order shows there is
+        more, the requester asks for the :data:`AHEAD_PAGES` after it, each as "the page
+        after page n-1" (the holder remembers where each page of a read-ahead ended),
+        and keeps that many asked for ahead of the page its reader has. So the holder goes from one
         page to the next without waiting for a round trip through the center. A page
         nobody claims is dropped after :data:`AHEAD_KEEP_S`; if the holder lost its
         place (a restart), the reader's own request, with its key, is asked as it is."""
