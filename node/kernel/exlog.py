@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, event, select
 
 from exnode.node.kernel.state import exchange_log, meta
 
@@ -78,16 +79,105 @@ def _read_head(conn: Connection, lock: bool) -> tuple[int, str]:
     return int(d["id"]), str(d["hash"])
 
 
+_deferring: weakref.WeakSet[Engine] = weakref.WeakSet()
+_KEY = "exnode.exlog"
+
+
+class _TxnHead:
+    """The log's head as the current transaction has moved it: read at its first
+    append, moved by each append, signed and written once, just before the commit.
+    ``marks`` holds the head as it was when each open savepoint began (None: not
+    read yet)."""
+
+    __slots__ = ("txn", "head", "sign", "dirty", "marks")
+
+    def __init__(self, txn: Any) -> None:
+        self.txn = txn
+        self.head: tuple[int, str] | None = None
+        self.sign: Callable[[bytes], bytes] | None = None
+        self.dirty = False
+        self.marks: list[tuple[tuple[int, str] | None, bool]] = []
+
+
+def defer_heads(engine: Engine) -> None:
+    """Let the log's appends on ``engine`` move the signed head once per transaction
+    instead of once per append (a read, a signature and a write saved for every
+    further append of a transaction). Savepoints are followed: rolling one back takes
+    the head back to where it was when the savepoint began."""
+    if engine in _deferring:
+        return
+    _deferring.add(engine)
+    event.listen(engine, "commit", _before_commit)
+    event.listen(engine, "rollback", _forget)
+    event.listen(engine, "savepoint", _savepoint)
+    event.listen(engine, "rollback_savepoint", _rollback_savepoint)
+    event.listen(engine, "release_savepoint", _release_savepoint)
+
+
+def _txn_head(conn: Connection, create: bool) -> _TxnHead | None:
+    t = conn.info.get(_KEY)
+    txn = conn.get_transaction()
+    if t is not None and t.txn is not txn:
+        t = None  # left from a transaction that ended without the hooks seeing it
+        conn.info.pop(_KEY, None)
+    if t is None and create and txn is not None:
+        t = conn.info[_KEY] = _TxnHead(txn)
+    return t
+
+
+def _before_commit(conn: Connection) -> None:
+    t = _txn_head(conn, create=False)
+    conn.info.pop(_KEY, None)
+    if t is not None and t.dirty and t.head is not None and t.sign is not None:
+        _write_head(conn, *t.head, t.sign)
+
+
+def _forget(conn: Connection) -> None:
+    conn.info.pop(_KEY, None)
+
+
+def _savepoint(conn: Connection, _name: str) -> None:
+    t = _txn_head(conn, create=True)
+    if t is not None:
+        t.marks.append((t.head, t.dirty))
+
+
+def _rollback_savepoint(conn: Connection, _name: str, _ctx: Any) -> None:
+    t = _txn_head(conn, create=False)
+    if t is not None and t.marks:
+        t.head, t.dirty = t.marks.pop()
+
+
+def _release_savepoint(conn: Connection, _name: str, _ctx: Any) -> None:
+    t = _txn_head(conn, create=False)
+    if t is not None and t.marks:
+        t.marks.pop()
+
+
+def _write_head(conn: Connection, last_id: int, last_hash: str,
+                sign: Callable[[bytes], bytes]) -> None:
+    head = cbor2.dumps({"id": last_id, "hash": last_hash,
+                        "sig": sign(_head_body(last_id, last_hash))})
+    n = conn.execute(meta.update().where(meta.c.key == HEAD_KEY).values(value=head)).rowcount
+    if n == 0:
+        conn.execute(meta.insert().values(key=HEAD_KEY, value=head))
+
+
 def append(conn: Connection, entries: Iterable[dict[str, Any]],
            sign: Callable[[bytes], bytes]) -> None:
-    """Append log rows inside the caller's transaction and move the signed head."""
+    """Append log rows inside the caller's transaction and move the signed head (at
+    once, or just before the commit on an engine given to :func:`defer_heads`)."""
     entries = list(entries)
     if not entries:
         return
-    if conn.dialect.name != "sqlite":
-        # Make sure the head row exists so that FOR UPDATE has something to lock.
-        _ensure_head(conn)
-    last_id, last_hash = _read_head(conn, lock=True)
+    t = _txn_head(conn, create=True) if conn.engine in _deferring else None
+    if t is not None and t.head is not None:
+        last_id, last_hash = t.head
+    else:
+        if conn.dialect.name != "sqlite":
+            # Make sure the head row exists so that FOR UPDATE has something to lock.
+            _ensure_head(conn)
+        last_id, last_hash = _read_head(conn, lock=True)
     rows = []
     now = time.time()
     for e in entries:
@@ -100,11 +190,10 @@ def append(conn: Connection, entries: Iterable[dict[str, Any]],
         rows.append({"id": last_id, "ts": now, **fields, "prev_hash": last_hash, "hash": h})
         last_hash = h
     conn.execute(exchange_log.insert(), rows)
-    head = cbor2.dumps({"id": last_id, "hash": last_hash,
-                        "sig": sign(_head_body(last_id, last_hash))})
-    n = conn.execute(meta.update().where(meta.c.key == HEAD_KEY).values(value=head)).rowcount
-    if n == 0:
-        conn.execute(meta.insert().values(key=HEAD_KEY, value=head))
+    if t is None:
+        _write_head(conn, last_id, last_hash, sign)
+    else:
+        t.head, t.sign, t.dirty = (last_id, last_hash), sign, True
 
 
 def _ensure_head(conn: Connection) -> None:

@@ -202,7 +202,16 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for the state DB, with SQLite tuned for one writer and many readers."""
+    """An engine for the state DB, with SQLite tuned for one writer and many readers;
+    the exchange log's signed head moves once per transaction."""
+    from exnode.node.kernel import exlog
+
+    eng = _make_engine(url)
+    exlog.defer_heads(eng)
+    return eng
+
+
+def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

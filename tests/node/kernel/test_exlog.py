@@ -330,3 +330,87 @@ def test_an_anchor_at_or_behind_the_head_of_an_intact_log_passes(eng):
     append(eng, [entry(4)])
     with eng.connect() as conn:
         assert exlog.verify(conn, checker(KEY), anchors=[a, anchor(eng, "x")]).ok
+
+
+# --- the head moves once per transaction, savepoints followed ---------------------------
+
+def head_id(eng: Engine) -> int:
+    with eng.connect() as conn:
+        h = exlog.read_head(conn)
+    return h.id if h is not None else 0
+
+
+def test_several_appends_in_one_transaction_sign_the_head_once(eng):
+    signed: list[bytes] = []
+
+    def sign(body: bytes) -> bytes:
+        signed.append(body)
+        return KEY.sign(body)
+
+    with eng.begin() as conn:
+        for i in range(1, 6):
+            exlog.append(conn, [entry(i)], sign)
+    assert len(signed) == 1 and signed[0].startswith(b"exnode-log-head:5:")
+    assert verify(eng).ok and head_id(eng) == 5
+
+
+def test_a_savepoint_rolled_back_takes_the_head_back(eng):
+    fill(eng, 3)
+    with eng.begin() as conn:
+        exlog.append(conn, [entry(4)], KEY.sign)
+        try:
+            with conn.begin_nested():
+                exlog.append(conn, [entry(5), entry(6)], KEY.sign)
+                raise RuntimeError("the package's handler failed")
+        except RuntimeError:
+            pass
+        with conn.begin_nested():
+            exlog.append(conn, [entry(7)], KEY.sign)
+        exlog.append(conn, [entry(8)], KEY.sign)
+    assert [r["pkg_id"] for r in rows(eng)][3:] == ["pkg-0004", "pkg-0007", "pkg-0008"]
+    res = verify(eng)
+    assert res.ok, res.problem
+    assert head_id(eng) == 6
+
+
+def test_a_first_append_inside_a_rolled_back_savepoint_leaves_no_trace(eng):
+    fill(eng, 2)
+    with eng.begin() as conn:
+        try:
+            with conn.begin_nested():
+                with conn.begin_nested():
+                    exlog.append(conn, [entry(3)], KEY.sign)
+                exlog.append(conn, [entry(4)], KEY.sign)
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        exlog.append(conn, [entry(5)], KEY.sign)
+    assert [r["id"] for r in rows(eng)] == [1, 2, 3]
+    assert rows(eng)[2]["pkg_id"] == "pkg-0005"
+    assert verify(eng).ok and head_id(eng) == 3
+
+
+def test_a_rolled_back_transaction_moves_nothing_and_the_next_one_chains_on(eng):
+    fill(eng, 2)
+    try:
+        with eng.begin() as conn:
+            exlog.append(conn, [entry(3), entry(4)], KEY.sign)
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    append(eng, [entry(5)])
+    assert [r["id"] for r in rows(eng)] == [1, 2, 3]
+    assert verify(eng).ok and head_id(eng) == 3
+
+
+def test_an_engine_without_deferred_heads_writes_the_head_at_each_append(tmp_path):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    open_state(url).dispose()
+    plain = sa.create_engine(url)
+    with plain.begin() as conn:
+        exlog.append(conn, [entry(1)], KEY.sign)
+        assert exlog.read_head(conn).id == 1  # already written, before the commit
+    assert verify(plain).ok
+    plain.dispose()
