@@ -715,7 +715,7 @@ def log_verify(ctx: click.Context, offline: bool, as_json: bool) -> None:
         except ExnodeError as e:
             witness["why"] = str(e)
     show = sys.stderr.isatty() and not as_json
-    with eng.connect() as conn:
+    with exlog.snapshot(eng) as conn:  # rows and head as of one moment
         if show:
             with click.progressbar(length=0, label="verifying", file=sys.stderr) as bar:
                 res = exlog.verify(conn, check_sig, progress=lambda n: bar.update(5000),

@@ -10,10 +10,11 @@ anchor, or differs from it at the anchor's row, was cut or rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,7 @@ class _TxnHead:
     ``marks`` holds the head as it was when each open savepoint began (None: not
     read yet)."""
 
-    __slots__ = ("txn", "head", "sign", "dirty", "marks")
+    __slots__ = ("dirty", "head", "marks", "sign", "txn")
 
     def __init__(self, txn: Any) -> None:
         self.txn = txn
@@ -207,6 +208,19 @@ def _ensure_head(conn: Connection) -> None:
                     key=HEAD_KEY, value=cbor2.dumps({"id": 0, "hash": GENESIS, "sig": b""})))
         except IntegrityError:
             pass
+
+
+@contextlib.contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A connection that reads the log's rows and its head as of one moment, while the
+    daemon goes on writing (PostgreSQL: REPEATABLE READ; SQLite: one transaction)."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.execution_options(exnode_snapshot=True)  # a deferred BEGIN, see state
+        else:
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
 
 
 @dataclass

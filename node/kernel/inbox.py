@@ -20,7 +20,7 @@ from exnode.node.kernel import envelope
 from exnode.node.kernel import identity as idn
 from exnode.node.kernel.api import ApplyContext, KindSpec
 from exnode.node.kernel.directory import Members
-from exnode.node.kernel.outbox import Outbox
+from exnode.node.kernel.outbox import EXPRESS_LIMIT, Outbox
 from exnode.node.kernel.receipts import RECEIPT, Receipts
 from exnode.node.kernel.relay import Relay, check_grant, check_parties
 from exnode.node.kernel.state import inbox, peers, seq_in
@@ -43,6 +43,7 @@ class BatchResult:
     publishes: list[tuple[str, bytes, str]] = field(default_factory=list)  # topic, wire, id
     after: list[Callable[[], None]] = field(default_factory=list)
     wake_outbox: bool = False
+    claimed: list[dict[str, Any]] = field(default_factory=list)  # outbox rows to publish
 
 
 class RefusalMeter:
@@ -142,6 +143,13 @@ class Inbox:
             for wire, topic in items:
                 self._one(conn, wire, topic, res, acks)
             self._receipts(acks, res)
+            if res.wake_outbox:
+                # replies queued by this batch go out with its receipts, after the
+                # commit, unless the pump is at work
+                claimed = self.outbox.claim_now(conn)
+                if claimed is not None:
+                    res.claimed = claimed
+                    res.wake_outbox = len(claimed) >= EXPRESS_LIMIT
         return res
 
     def _receipts(self, acks: Acks, res: BatchResult) -> None:

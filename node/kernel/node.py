@@ -33,7 +33,7 @@ from exnode.node.kernel.framing import Reassembler
 from exnode.node.kernel.grants import GrantLedger
 from exnode.node.kernel.inbox import BatchResult, Inbox
 from exnode.node.kernel.login import LoginRotation
-from exnode.node.kernel.outbox import Outbox
+from exnode.node.kernel.outbox import EXPRESS_LIMIT, Outbox
 from exnode.node.kernel.receipts import Receipts
 from exnode.node.kernel.relay import Relay
 from exnode.node.kernel.services import KernelAPI, NoCatalog, Status
@@ -77,6 +77,7 @@ class Node:
                              lambda kind: kind in self.plugins.ordered, self.counters)
         self.receipts = Receipts(cfg, self.identity, suite, self.suites, self.members,
                                  self.outbox.log, self.counters)
+        self.receipts.window_waiting = lambda: self.outbox.held_back
         self.catalog: CatalogView = NoCatalog()
         self.grants = GrantLedger(self.engine)
         self.grants.load()
@@ -95,6 +96,7 @@ class Node:
         self.transport = Transport(cfg, client_id(self.id, cfg.broker.topic_prefix), subs,
                                    self._connected, cfg.delivery.max_in_flight,
                                    live_only=[self.topics.inbox(self.id)])
+        self.outbox.connected = self.transport.connected.is_set
         self.broker_access: dynsec.BrokerAccess | None = None
         if self.is_center and cfg.broker.dynsec:
             self.broker_access = dynsec.BrokerAccess(
@@ -129,9 +131,14 @@ class Node:
 
     async def send_many(self, items: list[tuple[str, str, str, bytes]]) -> list[str]:
         """Queue packages in one transaction; returns their ids once in the outbox."""
-        ids: list[str] = await self.db(self.outbox.enqueue_many, items)
-        self.outbox.wake.set()
-        return ids
+        ids, claimed = await self.db(self.outbox.enqueue_claim, items)
+        if claimed is None or len(claimed) >= EXPRESS_LIMIT:
+            self.outbox.wake.set()
+        if claimed:
+            # published from here, not by the pump: one turn in the state-DB thread less
+            self._publishing = asyncio.get_running_loop().create_task(
+                self._publish_after(self._publishing, [], claimed))
+        return list(ids)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task[Any]:
         """A background task; it is cancelled when the node stops."""
@@ -320,23 +327,28 @@ class Node:
                 fn()
             except Exception as e:
                 log.error("after_commit_failed", error=str(e))
-        if res.publishes:
-            # Relays and receipts go out in a task of their own, one batch after the
-            # other, so that receiving goes on meanwhile: the transport may stop reading
-            # the socket while its queue is full, and the acknowledgements of these
-            # publishes come in on that socket.
+        if res.publishes or res.claimed:
+            # Relays, receipts and replies go out in a task of their own, one batch after
+            # the other, so that receiving goes on meanwhile: the transport may stop
+            # reading the socket while its queue is full, and the acknowledgements of
+            # these publishes come in on that socket.
             self._publishing = asyncio.get_running_loop().create_task(
-                self._publish_after(self._publishing, res.publishes))
+                self._publish_after(self._publishing, res.publishes, res.claimed))
         if res.wake_outbox:
             self.outbox.wake.set()
 
     async def _publish_after(self, before: asyncio.Task[None] | None,
-                             publishes: list[tuple[str, bytes, str]]) -> None:
+                             publishes: list[tuple[str, bytes, str]],
+                             claimed: list[dict[str, Any]]) -> None:
         if before is not None:
             with contextlib.suppress(Exception):
                 await before
         try:
-            await self.outbox.publish(self.transport, publishes)
+            if claimed:
+                await self.outbox.send_claimed(self.transport, self.inbox.topic_for,
+                                               self.db, claimed)
+            if publishes:
+                await self.outbox.publish(self.transport, publishes)
         except Exception as e:
             log.error("publish_failed", error=f"{type(e).__name__}: {e}")
         finally:

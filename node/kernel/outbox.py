@@ -29,6 +29,7 @@ from exnode.node.kernel.transport import Transport
 log = structlog.get_logger("exnode")
 
 WIRE_CACHE_BYTES = 128 * 1024 * 1024
+EXPRESS_LIMIT = 64  # at most this many packages published by the one that queued them
 
 
 class Outbox:
@@ -45,6 +46,10 @@ class Outbox:
         self.ordered = ordered
         self.counters = counters
         self.wake = asyncio.Event()
+        self.held_back = False  # fresh packages wait for room in the window
+        self.busy = False  # the pump is claiming or publishing
+        self._claimed_n = self._sent_n = 0  # claim_now's batches, and those published
+        self.connected: Callable[[], bool] = lambda: False  # the node sets the transport's
         self._wire_cache: OrderedDict[str, bytes] = OrderedDict()
         self._wire_cache_bytes = 0
 
@@ -96,6 +101,13 @@ class Outbox:
         with self.engine.begin() as conn:
             return [self.enqueue(conn, *it) for it in items]
 
+    def enqueue_claim(self, items: list[tuple[str, str, str, bytes]]) \
+            -> tuple[list[str], list[dict[str, Any]] | None]:
+        """:meth:`enqueue_many`, and :meth:`claim_now` in the same transaction."""
+        with self.engine.begin() as conn:
+            ids = [self.enqueue(conn, *it) for it in items]
+            return ids, self.claim_now(conn)
+
     def _cache_wire(self, pkg_id: str, wire: bytes) -> None:
         """Keep a just-queued package in memory so its first publish needs no read."""
         # When full, the newest stay out: the oldest are the next to be published.
@@ -108,35 +120,102 @@ class Outbox:
     def due(self, limit: int) -> list[dict[str, Any]]:
         """Packages to publish now: retries that are due, then fresh ones as far as the
         flow-control window allows. Blobs are read only for the rows chosen."""
+        return self.due_next(limit)[0]
+
+    def due_next(self, limit: int) -> tuple[list[dict[str, Any]], float]:
+        """:meth:`due`, and in the same transaction the seconds until the next package
+        is due after these (so the pump needs no second look when there are no more)."""
+        with self.engine.begin() as conn:
+            rows = self.claim(conn, limit)
+            if len(rows) >= limit:
+                return rows, 0.0
+            t = conn.execute(select(func.min(outbox.c.next_attempt)).where(
+                outbox.c.status == "pending")).scalar()
+        return rows, 5.0 if t is None else max(0.0, t - time.time())
+
+    def claim(self, conn: Connection, limit: int) -> list[dict[str, Any]]:
+        """What :meth:`due` returns, claimed inside ``conn``'s transaction: the caller
+        publishes the rows once that transaction has committed (never before: a package
+        of a transaction rolled back must not go out)."""
         now = time.time()
         d = self.cfg.delivery
         cols = (outbox.c.pkg_id, outbox.c.dest, outbox.c.attempts, outbox.c.kind,
                 outbox.c.resource, outbox.c.size)
-        with self.engine.begin() as conn:
-            inflight_n, inflight_b = conn.execute(
-                select(func.count(), func.coalesce(func.sum(outbox.c.size), 0)).where(
-                    outbox.c.status == "pending", outbox.c.attempts > 0)).one()
-            rows = [dict(r) for r in conn.execute(
-                select(*cols).where(outbox.c.status == "pending", outbox.c.attempts > 0,
-                                    outbox.c.next_attempt <= now)
-                .order_by(outbox.c.created, outbox.c.pkg_id).limit(limit)).mappings()]
-            room_n = min(limit, d.window_packages - inflight_n)
-            room_b = d.window_bytes - inflight_b
-            if room_n > 0 and room_b > 0:
-                for r in conn.execute(
-                        select(*cols).where(outbox.c.status == "pending",
-                                            outbox.c.attempts == 0)
-                        .order_by(outbox.c.created, outbox.c.pkg_id).limit(room_n)).mappings():
-                    if room_b <= 0:
-                        break
-                    rows.append(dict(r))
-                    room_b -= r["size"]
-            self._attach_blobs(conn, rows)
-            if rows:
-                # Claimed in the same transaction: attempts and the next retry time move now,
-                # so the pump never needs a second round trip per batch.
-                self._mark_attempted(conn, rows)
+        inflight_n, inflight_b = conn.execute(
+            select(func.count(), func.coalesce(func.sum(outbox.c.size), 0)).where(
+                outbox.c.status == "pending", outbox.c.attempts > 0)).one()
+        rows = [dict(r) for r in conn.execute(
+            select(*cols).where(outbox.c.status == "pending", outbox.c.attempts > 0,
+                                outbox.c.next_attempt <= now)
+            .order_by(outbox.c.created, outbox.c.pkg_id).limit(limit)).mappings()]
+        room_n = min(limit, d.window_packages - inflight_n)
+        room_b = d.window_bytes - inflight_b
+        # fresh packages may be left waiting for room in the window: a receipt that
+        # frees room must then wake the pump (otherwise it need not)
+        self.held_back = True
+        if room_n > 0 and room_b > 0:
+            fresh = 0
+            for r in conn.execute(
+                    select(*cols).where(outbox.c.status == "pending",
+                                        outbox.c.attempts == 0)
+                    .order_by(outbox.c.created, outbox.c.pkg_id).limit(room_n)).mappings():
+                if room_b <= 0:
+                    break
+                rows.append(dict(r))
+                room_b -= r["size"]
+                fresh += 1
+            else:
+                self.held_back = fresh >= room_n
+        self._attach_blobs(conn, rows)
+        if rows:
+            # Claimed in the same transaction: attempts and the next retry time move now,
+            # so the pump never needs a second round trip per batch.
+            self._mark_attempted(conn, rows)
         return rows
+
+    def claim_now(self, conn: Connection) -> list[dict[str, Any]] | None:
+        """Packages just queued in ``conn``'s transaction (and any others due), claimed
+        to be published by the caller after the commit instead of by the pump, which
+        saves the pump's turn in the state-DB thread; None when the pump is at work (it
+        takes them in order with its own). When :data:`EXPRESS_LIMIT` rows come back,
+        more may be due: the caller wakes the pump. Also None while rows claimed so are
+        still being published: a steady flow is left to the pump, which publishes many
+        packages at a time."""
+        if self.busy or self._claimed_n != self._sent_n or not self.connected():
+            return None
+        rows = self.claim(conn, EXPRESS_LIMIT)
+        if rows:
+            self._claimed_n += 1  # written only here, in the state-DB thread
+        return rows
+
+    async def send_claimed(self, transport: Transport, topic_for: Callable[[str], str],
+                           db: Callable[..., Awaitable[Any]],
+                           rows: list[dict[str, Any]]) -> bool:
+        """Publish rows of :meth:`claim_now`; the ones that failed are retried soon.
+        True if all went."""
+        try:
+            return await self._send_claimed(transport, topic_for, db, rows)
+        finally:
+            self._sent_n += 1  # written only here, in the event loop
+
+    async def _send_claimed(self, transport: Transport, topic_for: Callable[[str], str],
+                            db: Callable[..., Awaitable[Any]],
+                            rows: list[dict[str, Any]]) -> bool:
+        started = time.monotonic()
+        ok = await self.publish(transport, [(topic_for(r["dest"]), r["blob"], r["pkg_id"])
+                                            for r in rows])
+        took = time.monotonic() - started
+        failed = [r["pkg_id"] for r, good in zip(rows, ok, strict=True) if not good]
+        self.counters["published"] += len(rows) - len(failed)
+        if took > 0.25 and len(failed) < len(rows):
+            # the retry clock started when the batch was claimed; a large batch needs
+            # about as long again on its way on from the center before a receipt can
+            # come, so its retry waits for both
+            await db(self.postpone, [r["pkg_id"] for r, good in zip(rows, ok, strict=True)
+                                     if good], 2 * took)
+        if failed:
+            await db(self.retry_soon, failed)
+        return not failed
 
     def _attach_blobs(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         missing = []
@@ -233,12 +312,6 @@ class Outbox:
             return int(conn.execute(select(func.count()).where(
                 outbox.c.status == "pending")).scalar() or 0)
 
-    def next_due_in(self) -> float:
-        with self.engine.connect() as conn:
-            t = conn.execute(select(func.min(outbox.c.next_attempt)).where(
-                outbox.c.status == "pending")).scalar()
-        return 5.0 if t is None else max(0.0, t - time.time())
-
     # --- publishing -----------------------------------------------------------------------
 
     def _sign(self, message: bytes) -> tuple[str, bytes]:
@@ -260,24 +333,17 @@ class Outbox:
         while not stop.is_set():
             await transport.connected.wait()
             self.wake.clear()  # before looking, so a wake-up during the look is not lost
-            rows = await db(self.due, 512)
-            if rows:
-                started = time.monotonic()
-                ok = await self.publish(transport, [(topic_for(r["dest"]), r["blob"],
-                                                     r["pkg_id"]) for r in rows])
-                took = time.monotonic() - started
-                failed = [r["pkg_id"] for r, good in zip(rows, ok, strict=True) if not good]
-                self.counters["published"] += len(rows) - len(failed)
-                if took > 0.25 and len(failed) < len(rows):
-                    # the retry clock started when the batch was claimed; a large batch
-                    # needs about as long again on its way on from the center before a
-                    # receipt can come, so its retry waits for both
-                    await db(self.postpone, [r["pkg_id"] for r, good
-                                             in zip(rows, ok, strict=True) if good], 2 * took)
-                if failed:
-                    await db(self.retry_soon, failed)
-                    await asyncio.sleep(0.5)
-                continue
-            wait = min(await db(self.next_due_in), 1.0)
+            self.busy = True
+            try:
+                rows, wait = await db(self.due_next, 512)
+                if rows:
+                    if not await self._send_claimed(transport, topic_for, db, rows):
+                        await asyncio.sleep(0.5)
+                        continue
+                    if wait <= 0.0 or self.wake.is_set():
+                        continue  # more is due now
+            finally:
+                self.busy = False
+            # nothing more is due until ``wait`` (no second look needed), or a wake-up
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=max(wait, 0.01))
+                await asyncio.wait_for(self.wake.wait(), timeout=max(min(wait, 1.0), 0.01))

@@ -31,6 +31,8 @@ class Receipts:
         self.members = members
         self.log = log
         self.counters = counters
+        # whether packages wait for room in the flow-control window (the outbox says)
+        self.window_waiting: Any = lambda: True
 
     def build(self, dest: str, items: list[list[Any]]) -> tuple[bytes, str] | None:
         """A signed receipt for ``dest`` acknowledging ``items`` ([id, status, reason])."""
@@ -84,5 +86,6 @@ class Receipts:
         n = conn.execute(outbox.update().where(
             outbox.c.status == "pending", outbox.c.dest == h.src, outbox.c.attempts > 0,
             outbox.c.next_attempt > now + 1.0).values(next_attempt=now)).rowcount
-        # Settled packages free room in the flow-control window: wake the pump either way.
-        return bool(n) or bool(settled)
+        # Settled packages free room in the flow-control window: wake the pump if
+        # packages wait for that room.
+        return bool(n) or (bool(settled) and bool(self.window_waiting()))

@@ -223,7 +223,11 @@ def _make_engine(url: str) -> Engine:
         event.listen(eng, "connect", _sqlite_pragmas)
         # SQLite's own BEGIN is deferred; take the write lock at the start instead so that
         # read-then-write transactions (the log's hash chain) cannot interleave.
-        event.listen(eng, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # A reader that asks for a snapshot (execution option ``exnode_snapshot``) takes
+        # a deferred BEGIN: WAL gives it one moment's view without holding writers off.
+        event.listen(eng, "begin", lambda conn: conn.exec_driver_sql(
+            "BEGIN" if conn.get_execution_options().get("exnode_snapshot")
+            else "BEGIN IMMEDIATE"))
 
         @event.listens_for(eng, "connect")
         def _no_autobegin(dbapi_conn, _rec):  # type: ignore[no-untyped-def]

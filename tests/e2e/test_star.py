@@ -73,6 +73,8 @@ def test_star_ping_and_data(request, make_star, broker_fixture):
 def test_status_json_and_text(make_star, system_broker):
     star = make_star(system_broker, bureaus=("b1",))
     star.up()
+    # the catalog's first pull may still wait for its receipt just after start-up
+    wait_until(lambda: star.status("b1")["outbox_pending"] == 0, 20, what="receipts")
     r = star.cli("b1", "status", "--json")
     st = json.loads(r.stdout)
     assert st["broker"]["connected"] is True

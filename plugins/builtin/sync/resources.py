@@ -10,10 +10,11 @@ from dataclasses import replace
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from exnode.adapters.contract import SchemaMismatch
+from exnode.adapters.pool import data_engine
 from exnode.node.base import dberrors
 from exnode.node.base.config import ResourceSpec
 from exnode.node.base.errors import ConfigError, PackageError
@@ -66,8 +67,7 @@ class Resources:
     def engine(self, name: str) -> Engine:
         eng = self._engines.get(name)
         if eng is None:
-            eng = self._engines[name] = create_engine(self.cfg.database_url(name),
-                                                      pool_pre_ping=True)
+            eng = self._engines[name] = data_engine(self.cfg.database_url(name))
         return eng
 
     def spec(self, rid: str) -> ResourceSpec:

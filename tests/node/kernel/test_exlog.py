@@ -414,3 +414,30 @@ def test_an_engine_without_deferred_heads_writes_the_head_at_each_append(tmp_pat
         assert exlog.read_head(conn).id == 1  # already written, before the commit
     assert verify(plain).ok
     plain.dispose()
+
+
+def test_a_snapshot_sees_rows_and_head_of_one_moment_while_the_log_grows(eng):
+    """``exnode log verify`` on a running node: a transaction that commits between the
+    read of the rows and the read of the head must not make an intact log look cut."""
+    import sqlalchemy as sa
+
+    fill(eng, 5)
+    writer = sa.create_engine(eng.url)
+    fired = []
+
+    def before(_conn, _cur, statement, *_a):  # type: ignore[no-untyped-def]
+        if "FROM meta" in statement and not fired:
+            fired.append(1)
+            with writer.begin() as wc:  # the daemon appends meanwhile
+                exlog.append(wc, [entry(6)], KEY.sign)
+
+    sa.event.listen(eng, "before_cursor_execute", before)
+    try:
+        with exlog.snapshot(eng) as conn:
+            res = exlog.verify(conn, checker(KEY))
+    finally:
+        sa.event.remove(eng, "before_cursor_execute", before)
+        writer.dispose()
+    assert fired and res.ok, res.problem
+    assert res.rows in (5, 6)
+    assert verify(eng).ok
