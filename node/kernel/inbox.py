@@ -29,6 +29,7 @@ from exnode.node.kernel.topics import Topics
 log = structlog.get_logger("exnode")
 
 Acks = dict[str, list[list[Any]]]
+TOUCH_EVERY_S = 1.0
 
 
 class _StopOrdered(Exception):
@@ -122,6 +123,7 @@ class Inbox:
         self.counters = counters
         self.max_pkg = cfg.delivery.max_package_bytes
         self.meter = RefusalMeter(counters)
+        self._touched: dict[str, float] = {}  # peer -> when its last contact was written
 
     def topic_for(self, dest: str) -> str:
         # Bureaus talk only to the center's inbox; the center writes each bureau's inbox.
@@ -235,9 +237,13 @@ class Inbox:
         envelope.verify(pkg, self.suites, sender.sign_pub)
         return sender
 
-    @staticmethod
-    def _touch_peer(conn: Connection, node_id: str) -> None:
+    def _touch_peer(self, conn: Connection, node_id: str) -> None:
+        """Record the last contact with a peer, at most once a second per peer (a
+        write per package would cost every package an UPDATE)."""
         now = time.time()
+        if now - self._touched.get(node_id, 0.0) < TOUCH_EVERY_S:
+            return
+        self._touched[node_id] = now
         n = conn.execute(peers.update().where(peers.c.node_id == node_id)
                          .values(last_contact=now)).rowcount
         if n == 0:
