@@ -26,6 +26,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from exnode.node.base.config import Config
 from exnode.node.base.errors import ConfigError
 
+CONNECT_TIMEOUT_S = 10.0  # no CONNACK by then: try again
+OPERATION_TIMEOUT_S = 30.0  # subscribe, publish
+
 log = structlog.get_logger("exnode")
 
 # Small packets (receipts, acks) must not wait for Nagle's algorithm.
@@ -362,9 +365,12 @@ class Transport:
                     b.host, b.port, identifier=self.identifier, protocol=proto,
                     username=b.username, password=password, keepalive=b.keepalive,
                     tls_context=tls, max_inflight_messages=self.max_inflight,
-                    socket_options=NODELAY, timeout=30,
+                    socket_options=NODELAY, timeout=CONNECT_TIMEOUT_S,
                     queue_type=lambda maxsize: _CountedQueue(self), **kwargs,
                 ) as client:
+                    # a connect that got no answer is tried again after 10 s; a publish
+                    # of a large chunk under load may take longer
+                    client.timeout = OPERATION_TIMEOUT_S
                     self._client = client
                     self._paused = None
                     self.protocol = "5" if proto == aiomqtt.ProtocolVersion.V5 else "3.1.1"
