@@ -37,7 +37,7 @@ from pathlib import Path
 import psycopg
 from benchlib import start_mosquitto
 
-from exnode.node.app.control import call
+from exnode.node.app.client import call
 from exnode.node.tools.cluster import LocalStar, exnode_cmd, wait_until
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -111,7 +111,7 @@ class Context:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              timeout: float = 60.0) -> Any:
-        from exnode.node.app.control import call
+        from exnode.node.app.client import call
 
         return call(self.config().socket_path, method, path, body, timeout)
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from sqlalchemy import Connection, Engine, MetaData
-
 from exnode.node.base.config import Config
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # SQLAlchemy only in annotations: a CLI command starts without it
+    from sqlalchemy import Connection, Engine, MetaData
+
     from exnode.node.kernel.envelope import Header
     from exnode.node.kernel.grants import GrantLedger
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from exnode.node.app.control import call
+from exnode.node.app.client import call
 from exnode.node.base.config import load_config, render_config
 from exnode.node.base.errors import ExnodeError
 from exnode.node.kernel import identity as idn
