@@ -105,7 +105,7 @@ def test_postgres_holder_csv_readahead_survives_holder_restart(make_star, system
 
     # (3) a verification batch larger than one part (PART_RECORDS) comes back whole and
     # in order: each record's answer is its own, across the parts
-    from exnode.plugins.builtin.verification import PART_RECORDS
+    from exnode.plugins.builtin.verification.service import PART_RECORDS
 
     m = 2 * PART_RECORDS + 5_000
     with eng.begin() as c:

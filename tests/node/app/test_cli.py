@@ -423,14 +423,15 @@ def test_a_command_loads_only_the_plugin_it_needs(tmp_path, args, loaded, not_lo
 
 
 def test_a_client_command_starts_without_sqlalchemy_or_aiohttp(tmp_path):
-    """``exnode query`` talks to the daemon and writes a file: it needs neither the
-    state DB's SQLAlchemy nor the control server's aiohttp (0.25 s of start-up)."""
+    """``exnode query`` and ``exnode verify`` talk to the daemon and write a file: they
+    need neither the state DB's SQLAlchemy nor the control server's aiohttp (0.25 s of
+    start-up)."""
     code = "\n".join([
         "import sys", "from exnode.node.app.cli import main",
         "sys.argv = ['exnode', 'query', '--help']",
         "try:", "    main()", "except SystemExit:", "    pass",
         "import exnode.node.app.client, exnode.plugins.builtin.query.cli",
-        "import exnode.plugins.builtin.query.formats",
+        "import exnode.plugins.builtin.query.formats, exnode.plugins.builtin.verification.cli",
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'aiohttp', "
         "'alembic', 'psycopg'}), file=sys.stderr)"])
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
