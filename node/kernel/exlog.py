@@ -11,7 +11,6 @@ anchor, or differs from it at the anchor's row, was cut or rewritten.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -22,15 +21,15 @@ import cbor2
 from sqlalchemy import Connection, Engine, event, select
 
 from exnode.node.kernel.state import exchange_log, meta
+from exnode.policies import chain
 
-GENESIS = "0" * 64
+GENESIS = chain.GENESIS
 HEAD_KEY = "log_head"
 FIELDS = ("pkg_id", "event", "peer", "resource", "kind", "size", "status", "reason")
 
 
 def row_hash(row_id: int, ts: float, fields: dict[str, Any], prev: str) -> str:
-    body = cbor2.dumps([row_id, f"{ts:.6f}", *(fields[f] for f in FIELDS), prev])
-    return hashlib.sha256(body).hexdigest()
+    return chain.link([row_id, f"{ts:.6f}", *(fields[f] for f in FIELDS)], prev)
 
 
 def _head_body(last_id: int, last_hash: str) -> bytes:
