@@ -96,14 +96,9 @@ class Outbox:
                          .values(last_seq=seq))
         return seq
 
-    def enqueue_many(self, items: list[tuple[str, str, str, bytes]]) -> list[str]:
-        """Several packages in one transaction."""
-        with self.engine.begin() as conn:
-            return [self.enqueue(conn, *it) for it in items]
-
     def enqueue_claim(self, items: list[tuple[str, str, str, bytes]]) \
             -> tuple[list[str], list[dict[str, Any]] | None]:
-        """:meth:`enqueue_many`, and :meth:`claim_now` in the same transaction."""
+        """Several packages queued in one transaction, and :meth:`claim_now` in it."""
         with self.engine.begin() as conn:
             ids = [self.enqueue(conn, *it) for it in items]
             return ids, self.claim_now(conn)
@@ -117,14 +112,10 @@ class Outbox:
 
     # --- what to publish --------------------------------------------------------------
 
-    def due(self, limit: int) -> list[dict[str, Any]]:
-        """Packages to publish now: retries that are due, then fresh ones as far as the
-        flow-control window allows. Blobs are read only for the rows chosen."""
-        return self.due_next(limit)[0]
-
     def due_next(self, limit: int) -> tuple[list[dict[str, Any]], float]:
-        """:meth:`due`, and in the same transaction the seconds until the next package
-        is due after these (so the pump needs no second look when there are no more)."""
+        """:meth:`claim` in a transaction of its own, and in it the seconds until the
+        next package is due after these (so the pump needs no second look when there
+        are no more)."""
         with self.engine.begin() as conn:
             rows = self.claim(conn, limit)
             if len(rows) >= limit:
@@ -134,9 +125,11 @@ class Outbox:
         return rows, 5.0 if t is None else max(0.0, t - time.time())
 
     def claim(self, conn: Connection, limit: int) -> list[dict[str, Any]]:
-        """What :meth:`due` returns, claimed inside ``conn``'s transaction: the caller
-        publishes the rows once that transaction has committed (never before: a package
-        of a transaction rolled back must not go out)."""
+        """Packages to publish now, claimed inside ``conn``'s transaction: retries that
+        are due, then fresh ones as far as the flow-control window allows (blobs are read
+        only for the rows chosen). The caller publishes the rows once that transaction
+        has committed (never before: a package of a transaction rolled back must not go
+        out)."""
         now = time.time()
         d = self.cfg.delivery
         cols = (outbox.c.pkg_id, outbox.c.dest, outbox.c.attempts, outbox.c.kind,
