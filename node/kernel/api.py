@@ -16,12 +16,17 @@ Everything here is data classes and protocols; the kernel and the app implement 
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import cbor2
+
 from exnode.node.base.config import Config
+from exnode.node.base.errors import NotFound, PackageError, Refused
 
 if TYPE_CHECKING:  # SQLAlchemy only in annotations: a CLI command starts without it
     from sqlalchemy import Connection, Engine, MetaData
@@ -226,6 +231,70 @@ class CatalogView(Protocol):
     def entry(self, resource: str) -> dict[str, Any] | None: ...
 
     def entries(self) -> list[dict[str, Any]]: ...
+
+
+class HolderRequests:
+    """A service's requests to the holder of a resource, and the answers it waits for
+    (query pages, verification results): the holder named by the catalog (the center's
+    shared library, or the owner for ``held_at: owner``), one id per request, the
+    answer matched by that id once its package has committed, and a refusal as soon as
+    this node's own copy of the grant says it was revoked or expired (a holder that
+    refuses in the kernel sends no answer, only a refusal receipt)."""
+
+    def __init__(self, api: ServiceAPI, service: str, request_kind: str,
+                 answer_name: str) -> None:
+        self.api = api
+        self.service = service  # the grant's service: "query", "verify"
+        self.request_kind = request_kind
+        self.answer_name = answer_name  # for the malformed-answer message
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+
+    def holder(self, rid: str) -> str:
+        entry = self.api.catalog.entry(rid)
+        if entry is None:
+            raise NotFound(f"the catalog lists no resource '{rid}'")
+        return entry["provider_node"] if entry["held_at"] == "owner" else self.api.center_id
+
+    def answered(self, ctx: ApplyContext) -> None:
+        """The answer kind's handler: hand the answer to the request waiting for it."""
+        try:
+            b = cbor2.loads(ctx.payload)
+            qid = b["id"]
+        except Exception:
+            raise PackageError("malformed", f"{self.answer_name} without an id") from None
+        fut = self._waiting.get(qid) if isinstance(qid, str) else None
+        if fut is not None:
+            ctx.after_commit(lambda: fut.done() or fut.set_result(b))
+
+    async def ask(self, rid: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send ``body`` (with a fresh ``id``) to the holder of ``rid`` and wait for its
+        answer; a refusal in the answer raises :class:`Refused`."""
+        qid = str(uuid.uuid4())
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[qid] = fut
+        try:
+            await self.api.send(self.holder(rid), self.request_kind, rid,
+                                cbor2.dumps({**body, "id": qid}))
+            b: dict[str, Any] = await self._answer_or_revoked(fut, rid, timeout)
+        finally:
+            self._waiting.pop(qid, None)
+        if "error" in b:
+            raise Refused(str(b.get("reason") or "refused"), str(b["error"])[:500]
+                          .split(": ", 1)[-1])
+        return b
+
+    async def _answer_or_revoked(self, fut: asyncio.Future[Any], rid: str,
+                                 timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no answer from the holder of {rid} within "
+                                   f"{timeout:.0f} s")
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), min(0.5, left))
+            except TimeoutError:
+                self.api.grants.check(rid, self.api.node_id, self.service)
 
 
 class PluginRegistry(Protocol):

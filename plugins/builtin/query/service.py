@@ -14,11 +14,12 @@ import cbor2
 import structlog
 
 from exnode.adapters.pool import AdapterPool
-from exnode.node.base.errors import NotFound, PackageError, Refused, UsageError
+from exnode.node.base.errors import PackageError, Refused, UsageError
 from exnode.node.kernel.api import (
     ApplyContext,
     Blob,
     ControlRequest,
+    HolderRequests,
     KindSpec,
     Router,
     ServiceAPI,
@@ -86,14 +87,14 @@ class QueryService:
     def __init__(self, api: ServiceAPI) -> None:
         self.api = api
         self.pool = AdapterPool(api.config, api.plugins.adapters, api.plugins.dialects)
-        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self.requests = HolderRequests(api, "query", REQ, "query page")
         self._ahead: dict[str, tuple[_Stream, int]] = {}
         self._cursors: OrderedDict[tuple[str, Any], tuple[int, Any, bool]] = OrderedDict()
 
     @hookimpl
     def exnode_package_kinds(self, register: Any) -> None:
         register(KindSpec(REQ, self.on_request, grant="query", grant_of="sender"))
-        register(KindSpec(PAGE, self.on_page, grant="query", grant_of="recipient"))
+        register(KindSpec(PAGE, self.requests.answered, grant="query", grant_of="recipient"))
 
     # --- the holder ---------------------------------------------------------------------------
 
@@ -196,52 +197,9 @@ class QueryService:
 
     # --- the requester ------------------------------------------------------------------------
 
-    def on_page(self, ctx: ApplyContext) -> None:
-        try:
-            b = cbor2.loads(ctx.payload)
-            qid = b["id"]
-        except Exception:
-            raise PackageError("malformed", "query page without an id") from None
-        fut = self._waiting.get(qid) if isinstance(qid, str) else None
-        if fut is not None:
-            ctx.after_commit(lambda: fut.done() or fut.set_result(b))
-
-    async def _answer_or_revoked(self, fut: asyncio.Future[Any], rid: str,
-                                 timeout: float) -> Any:
-        """The holder's answer; or the refusal as soon as this node's own copy of the
-        grant says it was revoked or expired (a holder that refuses a request in the
-        kernel sends no answer, only a refusal receipt)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no answer from the holder of {rid} within "
-                                   f"{timeout:.0f} s")
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), min(0.5, left))
-            except TimeoutError:
-                self.api.grants.check(rid, self.api.node_id, "query")
-
-    def holder(self, rid: str) -> str:
-        entry = self.api.catalog.entry(rid)
-        if entry is None:
-            raise NotFound(f"the catalog lists no resource '{rid}'")
-        return entry["provider_node"] if entry["held_at"] == "owner" else self.api.center_id
-
     async def page(self, rid: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         self.api.grants.check(rid, self.api.node_id, "query")  # refused here first
-        qid = str(uuid.uuid4())
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[qid] = fut
-        try:
-            await self.api.send(self.holder(rid), REQ, rid, cbor2.dumps({**body, "id": qid}))
-            b = await self._answer_or_revoked(fut, rid, timeout)
-        finally:
-            self._waiting.pop(qid, None)
-        if "error" in b:
-            raise Refused(str(b.get("reason") or "refused"), str(b["error"])[:500]
-                          .split(": ", 1)[-1])
-        return b
+        return await self.requests.ask(rid, body, timeout)
 
     @hookimpl
     def exnode_control_routes(self, router: Router) -> None:
@@ -327,7 +285,7 @@ class QueryService:
 
     def _log_page(self, rid: str, n: int) -> None:
         with self.api.state.begin() as conn:
-            self.api.log(conn, [{"pkg_id": "", "event": "query", "peer": self.holder(rid),
+            self.api.log(conn, [{"pkg_id": "", "event": "query", "peer": self.requests.holder(rid),
                                  "resource": rid, "kind": PAGE, "size": n,
                                  "status": f"{n} rows received"}])
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -14,8 +13,15 @@ import cbor2
 import structlog
 
 from exnode.adapters.pool import AdapterPool
-from exnode.node.base.errors import ExnodeError, NotFound, PackageError, Refused, UsageError
-from exnode.node.kernel.api import ApplyContext, ControlRequest, KindSpec, Router, ServiceAPI
+from exnode.node.base.errors import ExnodeError, PackageError, Refused, UsageError
+from exnode.node.kernel.api import (
+    ApplyContext,
+    ControlRequest,
+    HolderRequests,
+    KindSpec,
+    Router,
+    ServiceAPI,
+)
 from exnode.plugins import hookimpl
 
 log = structlog.get_logger("exnode.verification")
@@ -51,7 +57,7 @@ class VerificationService:
     def __init__(self, api: ServiceAPI) -> None:
         self.api = api
         self.pool = AdapterPool(api.config, api.plugins.adapters, api.plugins.dialects)
-        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self.requests = HolderRequests(api, "verify", REQ, "verification result")
         self._cleaners: dict[tuple[str, str], Any] = {}
 
     # --- kinds ----------------------------------------------------------------------------
@@ -59,7 +65,7 @@ class VerificationService:
     @hookimpl
     def exnode_package_kinds(self, register: Any) -> None:
         register(KindSpec(REQ, self.on_request, grant="verify", grant_of="sender"))
-        register(KindSpec(RES, self.on_result, grant="verify", grant_of="recipient"))
+        register(KindSpec(RES, self.requests.answered, grant="verify", grant_of="recipient"))
 
     def _cleaner(self, rid: str, field: str) -> Any:
         key = (rid, field)
@@ -155,41 +161,6 @@ class VerificationService:
                             for i, eq in enumerate(same)])
         return hits, matches
 
-    def on_result(self, ctx: ApplyContext) -> None:
-        """(consumer) The holder's answer to one of this node's requests."""
-        try:
-            b = cbor2.loads(ctx.payload)
-            qid = b["id"]
-        except Exception:
-            raise PackageError("malformed", "verification result without id") from None
-        fut = self._waiting.get(qid) if isinstance(qid, str) else None
-        if fut is not None:
-            ctx.after_commit(lambda: fut.done() or fut.set_result(b))
-
-    async def _answer_or_revoked(self, fut: asyncio.Future[Any], rid: str,
-                                 timeout: float) -> Any:
-        """The holder's answer; or the refusal as soon as this node's own copy of the
-        grant says it was revoked or expired (a holder that refuses a request in the
-        kernel sends no answer, only a refusal receipt)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no answer from the holder of {rid} within "
-                                   f"{timeout:.0f} s")
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), min(0.5, left))
-            except TimeoutError:
-                self.api.grants.check(rid, self.api.node_id, "verify")
-
-    # --- the asking side --------------------------------------------------------------------
-
-    def holder(self, rid: str) -> str:
-        entry = self.api.catalog.entry(rid)
-        if entry is None:
-            raise NotFound(f"the catalog lists no resource '{rid}'")
-        return entry["provider_node"] if entry["held_at"] == "owner" else self.api.center_id
-
     async def ask(self, rid: str, key: list[str], check: list[str],
                   records: list[list[Any]], timeout: float) -> dict[str, Any]:
         """Send a batch and wait for its answer. A large batch goes as parts of
@@ -206,18 +177,8 @@ class VerificationService:
 
     async def _ask_part(self, rid: str, key: list[str], check: list[str],
                         records: list[list[Any]], timeout: float) -> list[list[Any]]:
-        qid = str(uuid.uuid4())
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[qid] = fut
-        try:
-            await self.api.send(self.holder(rid), REQ, rid, cbor2.dumps(
-                {"id": qid, "key": key, "check": check, "records": records}))
-            b = await self._answer_or_revoked(fut, rid, timeout)
-        finally:
-            self._waiting.pop(qid, None)
-        if "error" in b:
-            raise Refused(str(b.get("reason") or "refused"), str(b["error"])[:500]
-                          .split(": ", 1)[-1])
+        b = await self.requests.ask(rid, {"key": key, "check": check, "records": records},
+                                    timeout)
         hits, matches, nc = b.get("found"), b.get("match"), len(check)
         if not (isinstance(hits, bytes) and isinstance(matches, bytes)
                 and len(hits) == len(records) and len(matches) == len(records) * nc):
