@@ -34,17 +34,18 @@ ROLE_NAMES_ZH: dict[Role, str] = {"sysadmin": "系统管理员", "secadmin": "�
 #: What each role may do. ``view:*`` actions read, all others change something.
 PERMISSIONS: dict[Role, frozenset[str]] = {
     "sysadmin": frozenset({"view:overview", "view:members", "view:config", "view:catalog",
-                           "members:manage", "config:manage", "accounts:manage"}),
+                           "view:stats", "view:ledger", "members:manage", "config:manage",
+                           "accounts:manage", "alerts:ack"}),
     "secadmin": frozenset({"view:overview", "view:catalog", "view:access", "view:grants",
-                           "access:review", "grants:manage"}),
+                           "view:stats", "access:review", "grants:manage"}),
     "auditor": frozenset({"view:overview", "view:log", "view:audit", "view:catalog",
-                          "view:access", "view:grants", "view:ledger"}),
+                          "view:access", "view:grants", "view:ledger", "view:stats"}),
     "operator": frozenset({"view:overview", "view:catalog", "view:access", "view:log",
-                           "view:quarantine", "view:corrections", "query:run",
-                           "verify:run", "corrections:manage", "quarantine:manage",
-                           "access:request"}),
+                           "view:quarantine", "view:corrections", "view:stats",
+                           "view:ledger", "query:run", "verify:run", "corrections:manage",
+                           "quarantine:manage", "access:request", "alerts:ack"}),
     "readonly": frozenset({"view:overview", "view:catalog", "view:access", "view:log",
-                           "view:quarantine", "view:corrections"}),
+                           "view:quarantine", "view:corrections", "view:stats"}),
 }
 
 

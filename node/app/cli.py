@@ -565,30 +565,13 @@ def log(ctx: click.Context, as_json: bool, peer: str | None, resource: str | Non
     (`log show` takes any unique prefix)."""
     if ctx.invoked_subcommand is not None:
         return
-    from sqlalchemy import select
+    from exnode.node.kernel import exlog
+    from exnode.node.kernel.state import open_state
 
-    from exnode.node.kernel.state import exchange_log, open_state
-
-    cfg = ctx.obj.config()
-    eng = open_state(cfg.state_url)
-    t = exchange_log
-    q = select(t)
-    if peer:
-        q = q.where((t.c.peer == peer) | t.c.peer.like(f"{peer}>%") | t.c.peer.like(f"%>{peer}"))
-    if resource:
-        q = q.where(t.c.resource == resource)
-    if since:
-        q = q.where(t.c.ts >= _since(since))
-    if kinds:
-        q = q.where(t.c.kind.in_(kinds))
-    if events:
-        q = q.where(t.c.event.in_(events))
-    q = q.order_by(t.c.id.desc()).limit(limit)
+    eng = open_state(ctx.obj.config().state_url)
     with eng.connect() as conn:
-        rows = [dict(r) for r in conn.execute(q).mappings()][::-1]
-    for r in rows:
-        r.pop("prev_hash", None)
-        r.pop("hash", None)
+        rows = exlog.listing(conn, peer, resource, _since(since) if since else None, kinds,
+                             events, limit)
     ctx.obj.show(rows, as_json, lambda rows: "\n".join(
         f"{r['id']:>7} {ts(r['ts'])} {(r['pkg_id'] or '-')[:8]:<8} {r['event']:<9} "
         f"{r['kind']:<8} {r['peer']:<22} "
@@ -602,27 +585,15 @@ def log(ctx: click.Context, as_json: bool, peer: str | None, resource: str | Non
 @click.pass_context
 def log_show(ctx: click.Context, pkg_id: str, as_json: bool) -> None:
     """A package's trace as far as this node knows it."""
-    from sqlalchemy import select
+    from exnode.node.kernel import exlog
+    from exnode.node.kernel.state import open_state
 
-    from exnode.node.kernel.state import exchange_log, inbox, open_state, outbox
-
-    cfg = ctx.obj.config()
-    eng = open_state(cfg.state_url)
+    eng = open_state(ctx.obj.config().state_url)
     with eng.connect() as conn:
         pkg_id = _unique_package(conn, pkg_id)
-        rows = [dict(r) for r in conn.execute(
-            select(exchange_log).where(exchange_log.c.pkg_id == pkg_id)
-            .order_by(exchange_log.c.id)).mappings()]
-        ob = conn.execute(select(outbox.c.dest, outbox.c.status, outbox.c.attempts,
-                                 outbox.c.seq).where(outbox.c.pkg_id == pkg_id)).mappings().first()
-        ib = conn.execute(select(inbox.c.src, inbox.c.status, inbox.c.seq, inbox.c.reason)
-                          .where(inbox.c.pkg_id == pkg_id)).mappings().first()
-    if not rows and ob is None and ib is None:
+        data = exlog.trace(conn, pkg_id)
+    if data is None:
         raise NotFound(f"package {pkg_id} is not known to this node")
-    data = {"pkg_id": pkg_id, "trace": [{k: r[k] for k in ("id", "ts", "event", "peer",
-                                                           "kind", "resource", "size",
-                                                           "status", "reason")} for r in rows],
-            "outbox": dict(ob) if ob else None, "inbox": dict(ib) if ib else None}
     ctx.obj.show(data, as_json, _trace_text)
 
 

@@ -95,11 +95,13 @@ class _Router:
     def __init__(self) -> None:
         self.routes: list[web.RouteDef] = []
         self.paths: set[tuple[str, str]] = set()
+        self.handlers: dict[tuple[str, str], RouteHandler] = {}  # for the web console
 
     def _add(self, method: str, path: str, handler: RouteHandler) -> None:
         if (method, path) in self.paths:
             raise ExnodeError(f"control route {method} {path} is registered twice")
         self.paths.add((method, path))
+        self.handlers[(method, path)] = handler
 
         async def serve(request: web.Request) -> web.Response:
             body: Any = {}
@@ -134,10 +136,12 @@ class ControlServer:
         self.path = path
         self.add_routes = add_routes
         self._runner: web.AppRunner | None = None
+        self.handlers: dict[tuple[str, str], RouteHandler] = {}
 
     async def start(self) -> None:
         router = _Router()
         self.add_routes(router)
+        self.handlers = router.handlers
         app = web.Application(client_max_size=MAX_BODY,
                               middlewares=[peer_middleware, errors_middleware])
         app.add_routes(router.routes)

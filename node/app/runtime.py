@@ -67,9 +67,17 @@ async def serve(cfg: Config) -> None:
     await node.start()
     control = ControlServer(cfg.socket_path, node.add_routes)
     await control.start()
+    console = None
     try:
+        if cfg.console.listen:
+            from exnode.node.app.console.server import Console
+
+            console = Console(cfg, control.handlers)
+            await console.start()
         await node.run()
     finally:
+        if console is not None:
+            await console.stop()
         await control.stop()
         node.close()
 

@@ -280,3 +280,76 @@ def verify(conn: Connection, verify_sig: Callable[[bytes, bytes], bool] | None =
     if verify_sig and n and not verify_sig(head["sig"], _head_body(head["id"], head["hash"])):
         return VerifyResult(False, n, head["id"], "the log head's signature is not this node's")
     return VerifyResult(True, n)
+
+
+# --- reading the log (``exnode log``, ``log show`` and the console) ---------------------------
+
+def listing(conn: Connection, peer: str | None = None, resource: str | None = None,
+            since: float | None = None, kinds: Iterable[str] = (),
+            events: Iterable[str] = (), limit: int = 100,
+            before: int | None = None) -> list[dict[str, Any]]:
+    """The newest ``limit`` entries that match, oldest first, without their hashes."""
+    t = exchange_log
+    q = select(t)
+    if peer:
+        q = q.where((t.c.peer == peer) | t.c.peer.like(f"{peer}>%") | t.c.peer.like(f"%>{peer}"))
+    if resource:
+        q = q.where(t.c.resource == resource)
+    if since:
+        q = q.where(t.c.ts >= since)
+    kinds, events = list(kinds), list(events)
+    if kinds:
+        q = q.where(t.c.kind.in_(kinds))
+    if events:
+        q = q.where(t.c.event.in_(events))
+    if before:
+        q = q.where(t.c.id < before)
+    q = q.order_by(t.c.id.desc()).limit(limit)
+    rows = [dict(r) for r in conn.execute(q).mappings()][::-1]
+    for r in rows:
+        r.pop("prev_hash", None)
+        r.pop("hash", None)
+    return rows
+
+
+def trace(conn: Connection, pkg_id: str) -> dict[str, Any] | None:
+    """A package's entries at this node, with its outbox and inbox records (None when
+    the node knows nothing of it)."""
+    from exnode.node.kernel.state import inbox, outbox
+
+    rows = [dict(r) for r in conn.execute(
+        select(exchange_log).where(exchange_log.c.pkg_id == pkg_id)
+        .order_by(exchange_log.c.id)).mappings()]
+    ob = conn.execute(select(outbox.c.dest, outbox.c.status, outbox.c.attempts,
+                             outbox.c.seq).where(outbox.c.pkg_id == pkg_id)).mappings().first()
+    ib = conn.execute(select(inbox.c.src, inbox.c.status, inbox.c.seq, inbox.c.reason)
+                      .where(inbox.c.pkg_id == pkg_id)).mappings().first()
+    if not rows and ob is None and ib is None:
+        return None
+    return {"pkg_id": pkg_id, "trace": [{k: r[k] for k in ("id", "ts", "event", "peer",
+                                                           "kind", "resource", "size",
+                                                           "status", "reason")}
+                                        for r in rows],
+            "outbox": dict(ob) if ob else None, "inbox": dict(ib) if ib else None}
+
+
+def stats(conn: Connection, since: float) -> dict[str, Any]:
+    """Packages and bytes since ``since``, per resource, per peer and per day (UTC+8
+    days), counting each package once where it was sent or received here."""
+    from sqlalchemy import Integer, cast, func
+
+    t = exchange_log
+    moved = t.c.event.in_(("sent", "applied", "relayed"))
+    base = (t.c.ts >= since) & moved & (t.c.pkg_id != "")
+    out: dict[str, Any] = {}
+    for name, col in (("resource", t.c.resource), ("peer", t.c.peer)):
+        out[f"by_{name}"] = [{"key": k or "-", "packages": int(n), "bytes": int(b or 0)}
+                             for k, n, b in conn.execute(
+                                 select(col, func.count(), func.sum(t.c.size)).where(base)
+                                 .group_by(col).order_by(func.count().desc()).limit(30))]
+    day = (cast((t.c.ts + 8 * 3600) / 86400, Integer) if conn.dialect.name == "sqlite"
+           else func.floor((t.c.ts + 8 * 3600) / 86400))  # SQLite's cast truncates
+    out["by_day"] = [{"key": int(d), "packages": int(n), "bytes": int(b or 0)}
+                     for d, n, b in conn.execute(select(day, func.count(), func.sum(t.c.size))
+                                                 .where(base).group_by(day).order_by(day))]
+    return out

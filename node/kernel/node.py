@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from exnode.node.base.config import Config
-from exnode.node.base.errors import ConfigError, PackageError, UsageError
+from exnode.node.base.errors import ConfigError, NotFound, PackageError, UsageError
 from exnode.node.kernel import dynsec, exlog
 from exnode.node.kernel import identity as idn
 from exnode.node.kernel.api import CatalogView, ControlRequest, KindSpec, Router
@@ -186,7 +186,49 @@ class Node:
         router.get("/log/witnesses", self._witnesses_route)
         router.get("/inbox/streams", self._streams_route)
         router.post("/inbox/skip", self._skip_route)
+        router.get("/log", self._log_route)
+        router.get("/log/trace/{pkg}", self._trace_route)
+        router.get("/log/stats", self._log_stats_route)
         self.pm.hook.exnode_control_routes(router=router)
+
+    async def _log_route(self, req: ControlRequest) -> Any:
+        q = req.query
+        try:
+            limit = max(1, min(int(q.get("limit", "100")), 10_000))
+            since = float(q["since"]) if q.get("since") else None
+            before = int(q["before"]) if q.get("before") else None
+        except ValueError:
+            raise UsageError("bad request: limit, since and before are numbers") from None
+        args = (q.get("peer") or None, q.get("resource") or None, since,
+                [k for k in q.get("kind", "").split(",") if k],
+                [e for e in q.get("event", "").split(",") if e], limit, before)
+
+        def read() -> Any:
+            with self.engine.connect() as conn:
+                return exlog.listing(conn, *args)
+        return await self.db(read)
+
+    async def _trace_route(self, req: ControlRequest) -> Any:
+        pkg = req.params["pkg"].strip().lower()[:36]
+
+        def read() -> Any:
+            with self.engine.connect() as conn:
+                return exlog.trace(conn, pkg)
+        out = await self.db(read)
+        if out is None:
+            raise NotFound(f"package {pkg} is not known to this node")
+        return out
+
+    async def _log_stats_route(self, req: ControlRequest) -> Any:
+        try:
+            days = max(1, min(int(req.query.get("days", "30")), 366))
+        except ValueError:
+            raise UsageError("bad request: days is a number") from None
+
+        def read() -> Any:
+            with self.engine.connect() as conn:
+                return exlog.stats(conn, time.time() - days * 86400)
+        return await self.db(read)
 
     async def _streams_route(self, _req: ControlRequest) -> Any:
         return await self.db(self.inbox.streams)

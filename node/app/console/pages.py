@@ -1,0 +1,620 @@
+"""The console's pages and actions. Each one names the permission it needs
+(``policies/accounts.py``; deny unless granted), reads and acts through the control
+API's own handlers, and writes every action (and every refused one) to the audit trail.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from aiohttp import web
+
+from exnode.node.base.errors import ExnodeError, NotFound, UsageError
+from exnode.policies import accounts as acc
+
+from .server import CONSOLE, Console, Denied, begin_session, blob_of, render
+
+CN = timezone(timedelta(hours=8))
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def fmt_ts(t: Any) -> str:
+    if not t:
+        return "-"
+    try:
+        return datetime.fromtimestamp(float(t), CN).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError):
+        return "-"
+
+
+def fmt_bytes(n: Any) -> str:
+    try:
+        v = float(n)
+    except (TypeError, ValueError):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if v < 1024 or unit == "GiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return str(n)
+
+
+def _console(request: web.Request) -> Console:
+    return request.app[CONSOLE]  # type: ignore[return-value]
+
+
+def _perm(request: web.Request, perm: str) -> None:
+    u = request.get("user")
+    if not u or not acc.may(u["role"], perm):
+        raise Denied("You are not allowed to see this page" if perm.startswith("view:")
+                     else "You are not allowed to do this")
+
+
+def page(perm: str, center_only: bool = False) -> Callable[[Handler], Handler]:
+    """A page (GET) that needs ``perm``."""
+    def wrap(fn: Handler) -> Handler:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            _perm(request, perm)
+            if center_only and not _console(request).is_center:
+                raise NotFound("This page needs the center")
+            return await fn(request)
+        serve.__name__ = fn.__name__
+        return serve
+    return wrap
+
+
+def action(perm: str, what: str) -> Callable[[Handler], Handler]:
+    """A form action (POST) that needs ``perm``: refused ones are audited too; done ones
+    are audited by the route they call or here."""
+    def wrap(fn: Handler) -> Handler:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            c = _console(request)
+            target = "/".join(request.match_info.values())[:200]
+            try:
+                _perm(request, perm)
+            except Denied:
+                await c.audit(request, what, target, "refused", f"needs {perm}")
+                raise
+            try:
+                resp = await fn(request)
+            except ExnodeError as e:
+                await c.audit(request, what, target, "failed", str(e)[:500])
+                raise
+            await c.audit(request, what, target)
+            return resp
+        serve.__name__ = fn.__name__
+        return serve
+    return wrap
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    data = await request.post()
+    return {k: v for k, v in data.items() if isinstance(v, str)}
+
+
+def _back(request: web.Request, default: str, note: str = "") -> web.HTTPFound:
+    to = default + (("&" if "?" in default else "?") + "note=" + note if note else "")
+    return web.HTTPFound(to)
+
+
+async def _maybe(c: Console, method: str, path: str, **kw: Any) -> Any:
+    """A route's answer, or None when its plugin is not loaded here."""
+    if not c.has(method, path):
+        return None
+    return await c.call(method, path, **kw)
+
+
+# --- login ----------------------------------------------------------------------------------
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    if request.get("user"):
+        raise web.HTTPFound("/")
+    return render(request, "login.html", {"error": None})
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    f = await _form(request)
+    try:
+        user = await c.call("POST", "/console/login", {
+            "name": f.get("name", "")[:64], "password": f.get("password", "")[:1024],
+            "client": request.remote or ""})
+    except ExnodeError as e:
+        return render(request, "login.html", {"error": str(e)}, status=401)
+    await begin_session(request, user)
+    raise web.HTTPFound("/")
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    if request.get("sid"):
+        await c.call("POST", "/console/logout", {"sid": request["sid"]})
+    from aiohttp_session import get_session
+
+    (await get_session(request)).invalidate()
+    raise web.HTTPFound("/login")
+
+
+async def set_lang(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    f = await _form(request)
+    u = request["user"]
+    await c.call("POST", "/console/accounts/{name}/{action}",
+                 {"lang": f.get("lang", ""), "actor": u["name"], "actor_role": u["role"],
+                  "client": request.remote or ""},
+                 params={"name": u["name"], "action": "lang"})
+    to = f.get("back", "/")
+    raise web.HTTPFound(to if to.startswith("/") and not to.startswith("//") else "/")
+
+
+# --- overview ---------------------------------------------------------------------------------
+
+def overview_data(st: dict[str, Any], cfg_every: float) -> dict[str, Any]:
+    now = time.time()
+    peers = {p["node_id"]: p for p in st.get("peers") or []}
+    online_s = max(3 * cfg_every, 180.0)
+    members = []
+    for m in st.get("members") or []:
+        if m == st.get("node"):
+            continue
+        p = peers.get(m)
+        last = p["last_contact"] if p else None
+        members.append({"id": m, "last_contact": last,
+                        "online": bool(last and now - last < online_s),
+                        "rtt_ms": p.get("last_rtt_ms") if p else None})
+    resources = []
+    for r in st.get("resources") or []:
+        seen = [n.get("last_current") for n in r.get("nodes") or [] if n.get("last_current")]
+        resources.append({"resource": r["resource"], "stale": bool(r.get("stale")),
+                          "error": r.get("error"), "last_current": max(seen) if seen else None})
+    return {"members": members, "resources": resources,
+            "online": sum(m["online"] for m in members),
+            "outbox": st.get("outbox_pending", 0), "inbox": st.get("inbox_waiting", 0),
+            "problems": st.get("problems") or [], "broker": st.get("broker") or {},
+            "console": st.get("console") or {}}
+
+
+@page("view:overview")
+async def overview(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    st = await c.call("GET", "/status")
+    data = overview_data(st, c.cfg.monitor.health_every_s)
+    alerts = await _maybe(c, "GET", "/alerts") or []
+    items = await _maybe(c, "GET", "/monitor/items") or []
+    if isinstance(items, dict):
+        items = items.get("items") or []
+    return render(request, "overview.html", {**data, "alerts": alerts,
+                                             "items": items[:50], "status": st})
+
+
+# --- catalog ----------------------------------------------------------------------------------
+
+@page("view:catalog")
+async def catalog(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    q = request.query.get("q", "").strip()[:200]
+    if q:
+        entries = await c.call("GET", "/catalog/search", query={"q": q})
+    else:
+        entries = await c.call("GET", "/catalog")
+    return render(request, "catalog.html", {"q": q, "entries": entries[:500],
+                                            "total": len(entries)})
+
+
+@page("view:catalog")
+async def resource(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    rid = request.match_info["rid"]
+    query = {"version": request.query["version"]} if request.query.get("version") else {}
+    entry = await c.call("GET", "/catalog/{resource}", params={"resource": rid}, query=query)
+    sample, why = None, None
+    if c.has("POST", "/query/page"):
+        try:
+            sample = await c.call("POST", "/query/page", {"resource": rid, "limit": 5,
+                                                          "timeout": 10.0})
+        except ExnodeError as e:
+            why = str(e)
+        except TimeoutError:
+            why = "the holder did not answer within 10 s"
+    return render(request, "resource.html", {"e": entry, "sample": sample, "why": why})
+
+
+# --- access requests and grants -----------------------------------------------------------------
+
+@page("view:access")
+async def requests_page(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    st = request.query.get("status") or None
+    rows = await c.call("GET", "/access/requests", query={"status": st} if st else {})
+    return render(request, "requests.html", {"rows": rows, "now": time.time(),
+                                             "status": st or ""})
+
+
+@action("access:review", "access.review")
+async def review(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    f = await _form(request)
+    rid = request.match_info["id"]
+    approve = f.get("decision") == "approve"
+    if f.get("decision") not in ("approve", "reject"):
+        raise UsageError("decision: approve or reject")
+    step = f.get("step", "review")
+    path = ("/access/requests/{id}/answer" if step == "answer"
+            else "/access/requests/{id}/review")
+    await c.call("POST", path, {"approve": approve, "reason": f.get("reason", "")[:500]},
+                 params={"id": rid})
+    raise _back(request, "/requests", "Done")
+
+
+@page("view:grants")
+async def grants(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    rows = await c.call("GET", "/access/grants", query={"all": "1"} if request.query.get(
+        "all") else {})
+    return render(request, "grants.html", {"rows": rows, "now": time.time()})
+
+
+@action("grants:manage", "grant.revoke")
+async def revoke(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    f = await _form(request)
+    await c.call("POST", "/access/grants/{id}/revoke", {"reason": f.get("reason", "")[:500]},
+                 params={"id": request.match_info["id"]})
+    raise _back(request, "/grants", "Done")
+
+
+# --- query and verification -----------------------------------------------------------------------
+
+FILTER_RE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*(=|!=|<=|>=|<|>|~| in | like )")
+
+
+@page("query:run")
+async def query_page(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    entries = await c.call("GET", "/catalog")
+    return render(request, "query.html", {"entries": entries, "results": None,
+                                          "q": request.query})
+
+
+def _query_body(q: Any) -> dict[str, Any]:
+    rid = (q.get("resource") or "").strip()
+    if not rid:
+        raise UsageError("choose a resource")
+    fields = [f.strip() for f in (q.get("fields") or "").split(",") if f.strip()] or None
+    where = [w.strip() for w in (q.get("where") or "").splitlines() if w.strip()]
+    try:
+        limit = int(q.get("limit") or 0)
+    except ValueError:
+        raise UsageError("limit: a number") from None
+    return {"resource": rid, "fields": fields, "where": where, "limit": limit}
+
+
+@action("query:run", "query.download")
+async def query_download(request: web.Request) -> web.StreamResponse:
+    """The query as CSV (UTF-8 with BOM, for spreadsheet programs), page by page through
+    the query service, streamed to the browser."""
+    c = _console(request)
+    f = await _form(request)
+    b = _query_body(f)
+    first = await c.call("POST", "/query/page", {"resource": b["resource"],
+                                                 "fields": b["fields"], "where": b["where"],
+                                                 "limit": 1, "timeout": 30.0})
+    resp = web.StreamResponse(headers={
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="{b["resource"]}.csv"'})
+    await resp.prepare(request)
+    await resp.write(b"\xef\xbb\xbf")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(first["fields"])
+    left = b["limit"] or None
+    after = None
+    while True:
+        size = min(20_000, left) if left else 20_000
+        pg = await c.call("POST", "/query/page", {
+            "resource": b["resource"], "fields": b["fields"], "where": b["where"],
+            "after": after, "limit": size, "timeout": 120.0})
+        for row in pg["rows"]:
+            w.writerow(["" if v is None else v for v in row])
+        await resp.write(buf.getvalue().encode())
+        buf.seek(0)
+        buf.truncate()
+        if left:
+            left -= pg["n"]
+        after = pg.get("last")
+        if pg.get("done") or after is None or not pg["rows"] or (left is not None
+                                                                  and left <= 0):
+            break
+    await resp.write_eof()
+    return resp
+
+
+@action("query:run", "query.run")
+async def query_run(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    f = await _form(request)
+    b = _query_body(f)
+    out = await c.call("POST", "/query/page", {"resource": b["resource"],
+                                               "fields": b["fields"], "where": b["where"],
+                                               "limit": min(b["limit"] or 50, 200),
+                                               "timeout": 30.0})
+    entries = await c.call("GET", "/catalog")
+    return render(request, "query.html", {"entries": entries, "results": out, "q": f})
+
+
+@action("verify:run", "verify.run")
+async def verify(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    data = await request.post()
+    rid = str(data.get("resource") or "")
+    key = [k.strip() for k in str(data.get("key") or "").split(",") if k.strip()]
+    check = [k.strip() for k in str(data.get("check") or "").split(",") if k.strip()]
+    up = data.get("records")
+    raw = up.file.read(MAX_UPLOAD + 1) if hasattr(up, "file") else b""
+    if len(raw) > MAX_UPLOAD:
+        raise UsageError(f"the records file is larger than {MAX_UPLOAD // 2**20} MiB")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError("the records file is not UTF-8 text") from None
+    records = list(csv.DictReader(io.StringIO(text)))
+    if not records:
+        raise UsageError("the records file holds no records (a CSV with a header line)")
+    out = await c.call("POST", "/verify", {"resource": rid, "key": key, "check": check,
+                                           "records": records})
+    entries = await c.call("GET", "/catalog")
+    return render(request, "query.html", {"entries": entries, "results": None, "q": {},
+                                          "verified": out})
+
+
+MAX_UPLOAD = 32 * 2**20
+
+
+# --- exchange log ---------------------------------------------------------------------------------
+
+@page("view:log")
+async def log_page(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    q = {k: request.query[k] for k in ("peer", "resource", "kind", "event", "before")
+         if request.query.get(k)}
+    rows = await c.call("GET", "/log", query={**q, "limit": "200"})
+    return render(request, "log.html", {"rows": rows[::-1], "q": q})
+
+
+@page("view:log")
+async def trace(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    t = await c.call("GET", "/log/trace/{pkg}", params={"pkg": request.match_info["pkg"]})
+    return render(request, "trace.html", {"t": t})
+
+
+# --- quarantine, conflicts, corrections -----------------------------------------------------
+
+@page("view:quarantine")
+async def work(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    u = request["user"]
+    quarantine = await _maybe(c, "GET", "/quarantine") or []
+    conflicts = await _maybe(c, "GET", "/conflicts") or []
+    corrections = (await _maybe(c, "GET", "/corrections")
+                   if acc.may(u["role"], "view:corrections") else None) or []
+    return render(request, "work.html", {"quarantine": quarantine, "conflicts": conflicts,
+                                         "corrections": corrections})
+
+
+@action("quarantine:manage", "quarantine.act")
+async def quarantine_act(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    await c.call("POST", "/quarantine/{id}/{action}", params=dict(request.match_info))
+    raise _back(request, "/work", "Done")
+
+
+@action("quarantine:manage", "conflict.resolve")
+async def conflict_resolve(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    f = await _form(request)
+    await c.call("POST", "/conflicts/{id}/resolve", {"keep": f.get("keep", "")},
+                 params={"id": request.match_info["id"]})
+    raise _back(request, "/work", "Done")
+
+
+@action("corrections:manage", "correction.answer")
+async def correction_act(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    f = await _form(request)
+    act = request.match_info["action"]
+    if act not in ("accept", "reject"):
+        raise UsageError("accept or reject")
+    await c.call("POST", f"/corrections/{{id}}/{act}", {"reason": f.get("reason", "")[:500]},
+                 params={"id": request.match_info["id"]})
+    raise _back(request, "/work", "Done")
+
+
+# --- statistics and ledger ----------------------------------------------------------------------
+
+def bars(rows: list[dict[str, Any]], value: str, label: str = "key") -> list[dict[str, Any]]:
+    """Rows with a ``pct`` of the largest value, for the SVG bar charts."""
+    top = max((float(r.get(value) or 0) for r in rows), default=0.0) or 1.0
+    return [{"label": str(r.get(label)), "value": r.get(value) or 0,
+             "pct": round(100.0 * float(r.get(value) or 0) / top, 1)} for r in rows]
+
+
+@page("view:stats")
+async def stats(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    s = await c.call("GET", "/log/stats", query={"days": request.query.get("days", "30")})
+    for d in s["by_day"]:
+        d["key"] = datetime.fromtimestamp(d["key"] * 86400, UTC).strftime("%m-%d")
+    reqs = await _maybe(c, "GET", "/access/requests") or []
+    answered = []
+    for r in reqs:
+        hist = r.get("history") or []
+        if r["status"] in ("granted", "rejected", "refused") and r.get("created"):
+            answered.append({"key": r["id"][:8], "hours": round(
+                ((r.get("updated") or r["created"]) - r["created"]) / 3600, 2),
+                "late": bool(r.get("overdue")), "steps": len(hist)})
+    resources = overview_data(await c.call("GET", "/status"),
+                              c.cfg.monitor.health_every_s)["resources"]
+    fresh = sum(1 for r in resources if not r["stale"] and not r["error"])
+    return render(request, "stats.html", {
+        "by_resource": bars(s["by_resource"], "packages"),
+        "bytes_resource": bars(s["by_resource"], "bytes"),
+        "by_peer": bars(s["by_peer"], "packages"), "by_day": bars(s["by_day"], "packages"),
+        "answers": bars(answered[-30:], "hours"), "fresh": fresh,
+        "resources": len(resources), "days": request.query.get("days", "30")})
+
+
+def _month(text: str | None) -> str:
+    if not text:
+        now = datetime.now(CN)
+        first = now.replace(day=1)
+        return (first - timedelta(days=1)).strftime("%Y-%m")
+    if not re.match(r"^\d{4}-(0[1-9]|1[0-2])$", text):
+        raise UsageError(f"month '{text[:20]}': YYYY-MM")
+    return text
+
+
+@page("view:ledger")
+async def ledger(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    month = _month(request.query.get("month"))
+    data = await _maybe(c, "GET", "/ledger", query={"month": month, "format": "json"})
+    return render(request, "ledger.html", {"month": month, "data": data,
+                                           "json": json.dumps(data, ensure_ascii=False,
+                                                              default=str)[:200_000]
+                                           if data else ""})
+
+
+@page("view:ledger")
+async def ledger_download(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    month = _month(request.query.get("month"))
+    fmt = request.query.get("format", "csv")
+    if fmt not in ("csv", "xlsx", "pdf"):
+        raise UsageError("format: csv, xlsx or pdf")
+    meta, data = blob_of(await c.call("GET", "/ledger", query={"month": month,
+                                                              "format": fmt}))
+    await c.audit(request, "ledger.download", f"{month}.{fmt}")
+    ctype = {"csv": "text/csv; charset=utf-8", "pdf": "application/pdf",
+             "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}[fmt]
+    headers = {"Content-Disposition": f'attachment; filename="ledger-{month}.{fmt}"'}
+    if meta.get("signature"):
+        headers["X-Exnode-Signature"] = json.dumps(meta["signature"])[:4000]
+    return web.Response(body=data, headers={**headers, "Content-Type": ctype})
+
+
+# --- alerts, audit, accounts ---------------------------------------------------------------
+
+@page("view:overview")
+async def alerts(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    rows = await _maybe(c, "GET", "/alerts", query={"all": "1"} if request.query.get("all")
+                        else {})
+    return render(request, "alerts.html", {"rows": rows or [], "loaded": rows is not None})
+
+
+@action("alerts:ack", "alert.ack")
+async def alert_ack(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    u = request["user"]
+    await c.call("POST", "/alerts/{id}/ack", {"by": u["name"]},
+                 params={"id": request.match_info["id"]})
+    raise _back(request, "/alerts", "Done")
+
+
+@page("view:audit")
+async def audit(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    rows = await c.call("GET", "/console/audit", query={"limit": "300"})
+    check = await c.call("GET", "/console/audit/verify") if request.query.get("verify") \
+        else None
+    return render(request, "audit.html", {"rows": rows, "check": check})
+
+
+@page("accounts:manage")
+async def accounts(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    rows = await c.call("GET", "/console/accounts")
+    try:
+        acc.check_separation((r["name"], r["role"]) for r in rows if not r["disabled"])
+        separation = None
+    except acc.AccountError as e:
+        separation = str(e)
+    return render(request, "accounts.html", {"rows": rows, "roles": acc.ROLES,
+                                             "separation": separation,
+                                             "error": request.query.get("error")})
+
+
+@action("accounts:manage", "account.manage")
+async def account_add(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    f = await _form(request)
+    u = request["user"]
+    await c.call("POST", "/console/accounts", {
+        "name": f.get("name", ""), "role": f.get("role", ""), "password": f.get("password", ""),
+        "lang": f.get("lang", "zh"), "actor": u["name"], "actor_role": u["role"],
+        "client": request.remote or ""})
+    raise _back(request, "/accounts", "Saved")
+
+
+@action("accounts:manage", "account.manage")
+async def account_act(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    f = await _form(request)
+    u = request["user"]
+    act = request.match_info["action"]
+    if act not in ("role", "unlock", "disable", "enable", "password"):
+        raise UsageError("unknown account action")
+    if request.match_info["name"] == u["name"] and act in ("role", "disable"):
+        raise UsageError("you cannot change your own role or disable yourself")
+    await c.call("POST", "/console/accounts/{name}/{action}", {
+        "role": f.get("role"), "password": f.get("password"), "actor": u["name"],
+        "actor_role": u["role"], "client": request.remote or ""},
+        params={"name": request.match_info["name"], "action": act})
+    raise _back(request, "/accounts", "Saved")
+
+
+async def healthz(_request: web.Request) -> web.StreamResponse:
+    return web.json_response({"ok": True})
+
+
+def add_routes(app: web.Application, _console_obj: Console) -> None:
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/login", login_form)
+    r.add_post("/login", login)
+    r.add_post("/logout", logout)
+    r.add_post("/lang", set_lang)
+    r.add_get("/", overview)
+    r.add_get("/catalog", catalog)
+    r.add_get("/catalog/{rid}", resource)
+    r.add_get("/requests", requests_page)
+    r.add_post("/requests/{id}/decide", review)
+    r.add_get("/grants", grants)
+    r.add_post("/grants/{id}/revoke", revoke)
+    r.add_get("/query", query_page)
+    r.add_post("/query/run", query_run)
+    r.add_post("/query/download", query_download)
+    r.add_post("/verify", verify)
+    r.add_get("/log", log_page)
+    r.add_get("/log/{pkg}", trace)
+    r.add_get("/work", work)
+    r.add_post("/quarantine/{id}/{action}", quarantine_act)
+    r.add_post("/conflicts/{id}/resolve", conflict_resolve)
+    r.add_post("/corrections/{id}/{action}", correction_act)
+    r.add_get("/stats", stats)
+    r.add_get("/ledger", ledger)
+    r.add_get("/ledger/download", ledger_download)
+    r.add_get("/alerts", alerts)
+    r.add_post("/alerts/{id}/ack", alert_ack)
+    r.add_get("/audit", audit)
+    r.add_get("/accounts", accounts)
+    r.add_post("/accounts", account_add)
+    r.add_post("/accounts/{name}/{action}", account_act)
