@@ -14,7 +14,8 @@ The hooks come in three phases, in the order a node calls them:
    own, so the object's own hook implementations (kinds, routes, status, startup,
    shutdown) are called from then on, beside the modules'.
 3. **Run**: ``exnode_startup`` before the node connects, ``exnode_status_sections`` on
-   each ``exnode status``, ``exnode_shutdown`` after it has stopped.
+   each ``exnode status``, ``exnode_alert`` for each new alert, ``exnode_shutdown``
+   after it has stopped.
 
 A service never sees the ``Node``: it gets the narrow interfaces in
 :mod:`exnode.node.kernel.api`.
@@ -165,6 +166,20 @@ def exnode_status_sections(status: StatusBuilder) -> None:
     """Add sections to ``exnode status``: ``status.add(name, data, lines)``.
 
     Runs: in the state-DB thread for every status request. Return value: ignored.
+    """
+
+
+@hookspec
+def exnode_alert(alert: dict[str, Any]) -> None:
+    """Hand a new alert (全程监控: an item past its deadline) to a notification plugin.
+
+    Runs: in the event loop's thread, once per alert, when the monitor service raises it
+    (a service calls it through ``ServiceAPI.notify``). ``alert`` is JSON-able: ``id``,
+    ``kind`` (access, correction, package, download, freshness, silent), ``item``,
+    ``resource``, ``node``, ``item_state``, ``deadline``, ``raised``, ``state``,
+    ``text``, ``origin`` (the node that raised it); ids and states only, never personal
+    data. Do not block: queue the work (the built-in webhook plugin does). An exception
+    is logged and does not reach the monitor. Return value: ignored.
     """
 
 
