@@ -142,6 +142,56 @@ class MonitorSection(_Model):
                                   "the center to each bureau (at once on a change).")
     lag_after_s: float = Field(120.0, ge=1, description="A node with changes queued for it "
                                "longer than this is lagging.")
+    scan_every_s: float = Field(30.0, gt=0, le=3600, description="How often the monitor "
+                                "(全程监控) looks at every tracked item's deadline; an item "
+                                "past it raises one alert.")
+    receipt_within_s: float = Field(3600.0, gt=0, description="A package still without "
+                                    "its receipt this long after it was queued is overdue "
+                                    "(an alert per destination and resource).")
+    silent_after_s: float = Field(900.0, gt=0, description="(center) A member not heard "
+                                  "from for this long (no package, no health report) has "
+                                  "stopped reporting: an alert. Keep it above 3 x "
+                                  "health_every_s.")
+    webhooks: list[WebhookSpec] = Field(default_factory=list, description="Where the "
+                                        "built-in webhook plugin POSTs each new alert "
+                                        "(JSON, signed with HMAC-SHA256).")
+
+
+class WebhookSpec(_Model):
+    url: str = Field(pattern=r"^https?://", description="http(s) URL to POST alerts to.")
+    secret_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Name of the "
+                            "environment variable holding the HMAC key (the key itself is "
+                            "never in this file nor in the logs).")
+    timeout_s: float = Field(10.0, gt=0, le=300, description="Seconds to wait for an "
+                             "answer.")
+    retries: int = Field(5, ge=0, le=100, description="Attempts after the first one (on "
+                         "a 5xx, 429, timeout or connection error), with backoff.")
+    backoff_s: float = Field(2.0, gt=0, le=3600, description="First wait before a retry; "
+                             "doubled each time, at most 300 s.")
+    queue: int = Field(1000, ge=1, le=1_000_000, description="Alerts waiting to be sent "
+                       "at most; a new one beyond this is dropped (and logged).")
+
+
+class ConsoleSection(_Model):
+    """The web console (issue 11), served by the daemon over HTTPS."""
+
+    listen: str | None = Field(None, pattern=r"^[A-Za-z0-9.:\[\]-]+:\d{1,5}$",
+                               description="host:port the console listens on (HTTPS), e.g. "
+                               "127.0.0.1:8443 or 0.0.0.0:8443; unset: no console.")
+    cert: str | None = Field(None, description="PEM certificate (chain) for the console, "
+                             "relative to data_dir; unset: the one `exnode console cert` "
+                             "made (console/cert.pem, ECDSA P-256, self-signed).")
+    key: str | None = Field(None, description="PEM private key of 'cert' (mode 0600).")
+    session_hours: float = Field(8.0, gt=0, le=24, description="A login lasts at most this "
+                                 "long.")
+    idle_minutes: float = Field(30.0, gt=0, le=480, description="A session unused this long "
+                                "ends.")
+    lockout_failures: int = Field(5, ge=3, le=20, description="Failed logins within "
+                                  "lockout_window_s that lock an account.")
+    lockout_window_s: float = Field(900.0, ge=60, description="Window for counting failed "
+                                    "logins.")
+    lockout_s: float = Field(900.0, ge=60, description="How long a locked account stays "
+                             "locked (a system administrator can unlock it earlier).")
 
 
 class PluginsSection(_Model):
@@ -356,6 +406,7 @@ class Config(_Model):
     log: LogSection = Field(default_factory=LogSection)
     monitor: MonitorSection = Field(default_factory=MonitorSection)
     access: AccessSection = Field(default_factory=AccessSection)
+    console: ConsoleSection = Field(default_factory=ConsoleSection)
     plugins: PluginsSection = Field(default_factory=PluginsSection)
     crypto: CryptoSection = Field(default_factory=CryptoSection)
     databases: dict[str, DatabaseSpec] = Field(

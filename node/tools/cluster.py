@@ -177,10 +177,11 @@ class LocalStar:
         return self.call(node, "GET", "/status")
 
     def cli(self, node: str | None, *args: str, check: bool = False,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+            timeout: float = 120, input_text: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
         pre = ["-c", str(self.config_path(node))] if node else []
         return subprocess.run([*exnode_cmd(), *pre, *args], capture_output=True, text=True,
-                              timeout=timeout, check=check)
+                              timeout=timeout, check=check, input=input_text)
 
     def wait_connected(self, node: str, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -138,11 +138,10 @@ class Console:
             max_age=None)
         app = web.Application(client_max_size=MAX_BODY, middlewares=[
             headers_middleware, errors_middleware, session_middleware(storage),
-            preauth_middleware, aiohttp_csrf.csrf_middleware])
+            preauth_middleware, csrf_refused_middleware, aiohttp_csrf.csrf_middleware])
         aiohttp_csrf.setup(app, policy=_Policy("X-CSRF-Token", CSRF_FIELD),
                            storage=aiohttp_csrf.storage.SessionStorage(
-                               "csrf", secret_phrase=_secret(secrets_dir / "csrf.key").hex()),
-                           error_renderer=csrf_refused)
+                               "csrf", secret_phrase=_secret(secrets_dir / "csrf.key").hex()))
         env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
                                    autoescape=jinja2.select_autoescape(["html"]),
                                    context_processors=[self._context])
@@ -188,6 +187,17 @@ class Console:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+@web.middleware
+async def csrf_refused_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp-csrf refuses with a bare 403 (it ignores a configured renderer): the
+    pages themselves refuse with :class:`Denied`, so a 403 raised here is the CSRF
+    check's. Audit it and answer with one line."""
+    try:
+        return await handler(request)
+    except web.HTTPForbidden:
+        return await csrf_refused(request)
 
 
 async def csrf_refused(request: web.Request) -> web.StreamResponse:
