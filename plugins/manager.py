@@ -32,6 +32,10 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("verification", "exnode.plugins.builtin.verification"),
     ("query", "exnode.plugins.builtin.query"),
     ("corrections", "exnode.plugins.builtin.corrections"),
+    ("ledger", "exnode.plugins.builtin.ledger"),
+    ("monitor", "exnode.plugins.builtin.monitor"),
+    ("webhook", "exnode.plugins.builtin.monitor.webhook"),
+    ("console", "exnode.plugins.builtin.console"),
     ("tools", "exnode.node.tools.commands"),
 )
 
@@ -48,6 +52,9 @@ BUILTIN_COMMANDS: dict[str, str] = {
         ("exnode.plugins.builtin.verification", ("verify",)),
         ("exnode.plugins.builtin.query", ("query",)),
         ("exnode.plugins.builtin.corrections", ("corrections",)),
+        ("exnode.plugins.builtin.ledger", ("ledger",)),
+        ("exnode.plugins.builtin.console", ("console",)),
+        ("exnode.plugins.builtin.monitor", ("alerts",)),
         ("exnode.node.tools.commands", ("broker", "demo")),
     ) for cmd in cmds}
 

@@ -184,6 +184,15 @@ class ServiceAPI(Protocol):
         """(source, resource) -> packages received early, waiting for an earlier one."""
         ...
 
+    def contacts(self, conn: Connection) -> dict[str, float]:
+        """node -> when anything (a package, a receipt) last came from it."""
+        ...
+
+    def notify(self, alert: dict[str, Any]) -> None:
+        """Hand a new alert to the notification plugins (the ``exnode_alert`` hook; in the
+        event loop's thread). A plugin's failure is logged, never raised here."""
+        ...
+
     async def send(self, dest: str, kind: str, resource: str, payload: bytes) -> str: ...
 
     async def send_many(self, items: list[tuple[str, str, str, bytes]]) -> list[str]: ...
@@ -221,6 +230,41 @@ class ServiceAPI(Protocol):
     def call_soon(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` in the event loop (thread-safe; for handlers in the DB thread)."""
         ...
+
+    def sign(self, purpose: str, data: bytes) -> bytes:
+        """Sign ``data`` with this node's Ed25519 key, for a document a service issues
+        (a monthly ledger, say). What is signed is :func:`service_signed_message`
+        (``purpose`` and ``data`` behind a fixed prefix), never ``data`` alone, so that
+        such a signature can never pass for a package's or the log head's."""
+        ...
+
+    @property
+    def signer(self) -> Signer:
+        """Who signs with :meth:`sign`: this node's id, public key and certificate."""
+        ...
+
+
+SERVICE_SIG_PREFIX = b"exnode-service-signature:v1\x00"
+
+
+def service_signed_message(purpose: str, data: bytes) -> bytes:
+    """The bytes :meth:`ServiceAPI.sign` signs: a fixed prefix, ``purpose``, NUL, data.
+    A verifier rebuilds them to check a signature with the signer's public key."""
+    if not purpose or "\x00" in purpose:
+        raise ValueError("purpose: a non-empty text without NUL")
+    return SERVICE_SIG_PREFIX + purpose.encode() + b"\x00" + data
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A node as the signer of service documents: ``public_key`` is the raw Ed25519
+    key (32 bytes); ``cert`` the member certificate (DER) the center's CA issued for
+    it, None until the node has one."""
+
+    node_id: str
+    algorithm: str
+    public_key: bytes
+    cert: bytes | None
 
 
 class CatalogView(Protocol):

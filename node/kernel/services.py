@@ -9,17 +9,27 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlalchemy import Connection, Engine, func, select
 
 from exnode.node.base.config import Config
 from exnode.node.base.fmt import ago
 from exnode.node.kernel import exlog
-from exnode.node.kernel.api import CatalogView, DirectoryView, PluginRegistry
+from exnode.node.kernel.api import (
+    CatalogView,
+    DirectoryView,
+    PluginRegistry,
+    Signer,
+    service_signed_message,
+)
 from exnode.node.kernel.grants import GrantLedger
+from exnode.node.kernel.identity import NODE_CERT
 from exnode.node.kernel.state import inbox, peers
 
 if TYPE_CHECKING:
     from exnode.node.kernel.node import Node
+
+log = structlog.get_logger("exnode")
 
 
 class NoCatalog:
@@ -101,6 +111,17 @@ class KernelAPI:
              .where(inbox.c.status == "waiting").group_by(inbox.c.src, inbox.c.resource))
         return {(s, r): int(n) for s, r, n in conn.execute(q)}
 
+    def contacts(self, conn: Connection) -> dict[str, float]:
+        return {n: float(t) for n, t in conn.execute(select(peers.c.node_id,
+                                                            peers.c.last_contact))}
+
+    def notify(self, alert: dict[str, Any]) -> None:
+        try:
+            self._node.pm.hook.exnode_alert(alert=alert)
+        except Exception as e:  # a notification plugin never breaks the monitor
+            log.error("alert_hook_failed", alert=alert.get("id"),
+                      error=f"{type(e).__name__}: {e}"[:300])
+
     async def send(self, dest: str, kind: str, resource: str, payload: bytes) -> str:
         return (await self._node.send_many([(dest, kind, resource, payload)]))[0]
 
@@ -145,6 +166,20 @@ class KernelAPI:
         loop = self._node.loop
         assert loop is not None, "the node is not running"
         loop.call_soon_threadsafe(fn)
+
+    def sign(self, purpose: str, data: bytes) -> bytes:
+        return self._node.identity.sign(service_signed_message(purpose, data))
+
+    @property
+    def signer(self) -> Signer:
+        ident = self._node.identity
+        me = self._node.members.current.members.get(ident.node_id)
+        cert = me.cert_der if me is not None and \
+            me.sign_pub.public_bytes_raw() == ident.sign_pub else None
+        if cert is None:
+            p = ident.keys_dir / NODE_CERT
+            cert = p.read_bytes() if p.exists() else None
+        return Signer(ident.node_id, "Ed25519", ident.sign_pub, cert)
 
 
 class Status:
