@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-core bench-rules bench-sync bench-services clean venv
+.PHONY: demo demo-console test lint bench-core bench-rules bench-sync bench-services clean venv
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/exnode demo
+
+demo-console: $(STAMP)
+	$(BIN)/exnode demo --keep-running
 
 test: $(STAMP)
 	$(BIN)/ruff check .

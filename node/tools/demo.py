@@ -40,12 +40,15 @@ def run_demo(keep_running: bool = False, directory: str | None = None,
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="exnode-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    console_port = _console_port()
+    node_settings = _sync_settings(root)
+    node_settings["center"]["console"] = {"listen": f"127.0.0.1:{console_port}"}
     broker = subprocess.Popen([*exnode_cmd(), "broker", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     star = LocalStar(root, "127.0.0.1", port, bureaus=("b1", "b2"), prefix="exn/v1",
                      settings={"delivery": {"retry_initial_s": 1.0}},
-                     node_settings=_sync_settings(root))
+                     node_settings=node_settings)
     summary: dict[str, Any] = {"dir": str(root), "broker": f"127.0.0.1:{port} (embedded amqtt)"}
     ok = False
     try:
@@ -68,6 +71,9 @@ def run_demo(keep_running: bool = False, directory: str | None = None,
             star.wait_connected(b)
             star.wait_members(b, set(star.nodes))
         _step("bureaus running; signed global configuration received", as_json)
+        summary["console"] = _console_accounts(star, console_port)
+        _step(f"web console on {summary['console']['url']} with one account per role",
+              as_json)
 
         pings = []
         for src, dst in (("b1", "b2"), ("b2", "b1"), ("b1", "center"), ("b1", "b2")):
@@ -149,12 +155,19 @@ def _print_summary(s: dict[str, Any]) -> None:
                f"{sy['deleted']} deleted; sync verify: "
                + ("all copies agree" if sy["verified"] else "copies DIFFER"))
     click.echo(f"finished in {s['seconds']} s")
+    c = s.get("console")
+    if c:
+        click.echo(f"web console (控制台): {c['url']}  log in as "
+                   + ", ".join(f"{n} ({r})" for n, r in c["accounts"].items())
+                   + f", password {c['password']}")
+        click.echo("  (self-signed certificate; the console lives while the demo runs: "
+                   "make demo-console keeps it running)")
 
 
 def _keep(star: LocalStar, root: Path) -> None:
     click.echo("")
     click.echo("The star keeps running. Try, in another terminal:")
-    for cmd in ("status", "ping b2", "log", "log verify"):
+    for cmd in ("status", "ping b2", "log", "log verify", "alerts"):
         click.echo(f"  exnode -c {star.config_path('b1')} {cmd}")
     click.echo(f"  exnode -c {star.config_path('center')} nodes list")
     click.echo("Press Ctrl-C to stop.")
@@ -164,6 +177,37 @@ def _keep(star: LocalStar, root: Path) -> None:
     except KeyboardInterrupt:
         pass
     _ = sys
+
+
+DEMO_ROLES = {"admin": "sysadmin", "sec": "secadmin", "aud": "auditor", "op": "operator",
+              "ro": "readonly"}
+
+
+def _console_port() -> int:
+    """8443 when it is free (an address easy to type), else any free port."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 8443))
+            return 8443
+        except OSError:
+            return free_port()
+
+
+def _console_accounts(star: LocalStar, port: int) -> dict[str, Any]:
+    """One console account per role (三员分立 and the two working roles), sharing one
+    random password that the demo prints (a demo, not a deployment)."""
+    import secrets
+
+    password = f"Demo-{secrets.token_hex(4)}-{secrets.randbelow(90) + 10}!"
+    for name, role in DEMO_ROLES.items():
+        r = star.cli("center", "console", "add", name, "--role", role, "--password-stdin",
+                     input_text=password)
+        if r.returncode != 0:
+            raise ExnodeError(f"console account {name}: {r.stderr.strip()}")
+    return {"url": f"https://127.0.0.1:{port}/", "accounts": DEMO_ROLES,
+            "password": password}
 
 
 # --- the database-sync part of the demo ----------------------------------------------------

@@ -50,10 +50,10 @@ def _console(request: web.Request) -> Console:
     return request.app[CONSOLE]  # type: ignore[return-value]
 
 
-def _perm(request: web.Request, perm: str) -> None:
+def _perm(request: web.Request, perm: str, seeing: bool = False) -> None:
     u = request.get("user")
     if not u or not acc.may(u["role"], perm):
-        raise Denied("You are not allowed to see this page" if perm.startswith("view:")
+        raise Denied("You are not allowed to see this page" if seeing
                      else "You are not allowed to do this")
 
 
@@ -61,7 +61,7 @@ def page(perm: str, center_only: bool = False) -> Callable[[Handler], Handler]:
     """A page (GET) that needs ``perm``."""
     def wrap(fn: Handler) -> Handler:
         async def serve(request: web.Request) -> web.StreamResponse:
-            _perm(request, perm)
+            _perm(request, perm, seeing=True)
             if center_only and not _console(request).is_center:
                 raise NotFound("This page needs the center")
             return await fn(request)
@@ -190,6 +190,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     items = await _maybe(c, "GET", "/monitor/items") or []
     if isinstance(items, dict):
         items = items.get("items") or []
+    items.sort(key=lambda i: (not i.get("overdue"), i.get("deadline") or float("inf")))
     return render(request, "overview.html", {**data, "alerts": alerts,
                                              "items": items[:50], "status": st})
 
@@ -501,12 +502,25 @@ async def ledger_download(request: web.Request) -> web.StreamResponse:
         raise UsageError("format: csv, xlsx or pdf")
     meta, data = blob_of(await c.call("GET", "/ledger", query={"month": month,
                                                               "format": fmt}))
-    await c.audit(request, "ledger.download", f"{month}.{fmt}")
+    bundle = request.query.get("bundle") in ("1", "true")
+    await c.audit(request, "ledger.download", f"{month}.{fmt}" + (".zip" if bundle else ""))
+    name = meta.get("filename") or f"ledger-{month}.{fmt}"
+    if bundle:  # the file and the node's signature of it (exnode ledger verify FILE)
+        import zipfile
+
+        text = meta.get("sig")
+        sig = text.encode() if isinstance(text, str) else json.dumps(text).encode()
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(name, data)
+            z.writestr(name + ".sig", sig)
+        return web.Response(body=buf.getvalue(), headers={
+            "Content-Type": "application/zip",
+            "Content-Disposition": f'attachment; filename="{name}.zip"'})
     ctype = {"csv": "text/csv; charset=utf-8", "pdf": "application/pdf",
              "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}[fmt]
-    headers = {"Content-Disposition": f'attachment; filename="ledger-{month}.{fmt}"'}
-    if meta.get("signature"):
-        headers["X-Exnode-Signature"] = json.dumps(meta["signature"])[:4000]
+    headers = {"Content-Disposition": f'attachment; filename="{name}"',
+               "X-Exnode-Sha256": str(meta.get("sha256") or "")}
     return web.Response(body=data, headers={**headers, "Content-Type": ctype})
 
 
