@@ -198,6 +198,31 @@ def _pages(s, ports, browser, people):
     assert "东城区" not in b2.page.content()
     b2.shot("query-refused")
 
+    # verification upload: found / match per field, never a value
+    vreq = s.json("b2", "access", "request", "people", "--service", "verify", "--fields",
+                  "citizen_id,name", "--purpose", "身份核验")
+    assert s.cli("center", "access", "review", vreq["id"], "--approve").returncode == 0
+    wait_until(lambda: s.json("b1", "access", "show", vreq["id"])["status"] == "provider", 30,
+               what="the verify request at the provider")
+    assert s.cli("b1", "access", "answer", vreq["id"], "--approve").returncode == 0
+    wait_until(lambda: any(g["service"] == "verify" for g in s.json("b2", "access", "grants")),
+               30, what="the verify grant at b2")
+    upload = s.root / "check.csv"
+    upload.write_text("citizen_id,name\n" + people[0]["citizen_id"] + ",张0\n"
+                      + people[1]["citizen_id"] + ",李四\n", encoding="utf-8")
+    b2.go("/query")
+    b2.page.select_option("#verifyform select[name=resource]", "people")
+    b2.page.fill("#vkey", "citizen_id")
+    b2.page.fill("#vcheck", "name")
+    b2.page.set_input_files("#vfile", str(upload))
+    b2.page.click("#verify")
+    b2.page.wait_for_selector("#verified")
+    cells = b2.page.eval_on_selector_all(
+        "#verified tr", "rows => rows.slice(1).map(r => [...r.cells].map(c => c.textContent))")
+    assert cells == [["1", "True", "True"], ["2", "True", "False"]], cells
+    assert "张1" not in b2.page.content()  # the true value of the record that did not match
+    b2.shot("verify")
+
     # a package's trace across hops, from the center's log
     center.login("aud")
     center.go("/log?kind=query-req")

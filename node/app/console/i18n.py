@@ -48,7 +48,8 @@ ZH: dict[str, str] = {
     "Nothing here": "暂无记录", "Saved": "已保存", "Done": "已完成", "Error": "错误",
     "Change role": "修改角色", "Show": "查看", "Export": "导出",
     "The console is not set up for separation of duties": "控制台尚未满足三员分立",
-    "account locked": "账户已锁定", "signature": "签名", "This page needs the center": "此页面仅在中心可用",
+    "account locked": "账户已锁定",
+    "signature": "签名", "This page needs the center": "此页面仅在中心可用",
 }
 
 TABLES = {"zh": ZH}

@@ -365,11 +365,21 @@ async def verify(request: web.Request) -> web.StreamResponse:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UsageError("the records file is not UTF-8 text") from None
-    records = list(csv.DictReader(io.StringIO(text)))
+    if not key or not check:
+        raise UsageError("name the key field(s) and at least one field to check")
+    rd = csv.DictReader(io.StringIO(text))
+    missing = [f for f in key + check if f not in (rd.fieldnames or [])]
+    if missing:
+        raise UsageError(f"the records file has no column {', '.join(missing)[:200]}")
+    try:
+        records = [[row.get(f) or None for f in key + check] for row in rd]
+    except csv.Error as e:
+        raise UsageError(f"the records file: line {rd.line_num}: {e}") from None
     if not records:
         raise UsageError("the records file holds no records (a CSV with a header line)")
     out = await c.call("POST", "/verify", {"resource": rid, "key": key, "check": check,
                                            "records": records})
+    out["check"] = check
     entries = await c.call("GET", "/catalog")
     return render(request, "query.html", {"entries": entries, "results": None, "q": {},
                                           "verified": out})

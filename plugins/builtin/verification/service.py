@@ -202,6 +202,10 @@ class VerificationService:
             raise UsageError("--key and --check: name the key and at least one field")
         if len(records) > MAX_RECORDS:
             raise UsageError(f"at most {MAX_RECORDS} records per call")
+        width = len(key) + len(check)
+        if not all(isinstance(r, list) and len(r) == width for r in records):
+            raise UsageError(f"bad request: each record is a list of {width} values (the key "
+                             "fields, then the fields to check)")
         t0 = time.monotonic()
         out = await self.ask(rid, key, check, records, req.arg("timeout", float, 60.0))
         out["ms"] = round((time.monotonic() - t0) * 1000, 2)
