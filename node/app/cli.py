@@ -179,6 +179,11 @@ def init(role: str, node_id: str, directory: str, broker_host: str, broker_port:
     cfg_path.write_text(text, encoding="utf-8")
     cfg = load_config(cfg_path)
     idn.generate_node_keys(cfg.keys_dir)
+    from exnode.node.base.tlscert import console_cert_paths, make_console_cert
+
+    console_cert, console_key = console_cert_paths(cfg)
+    if not console_cert.exists():  # ECDSA P-256: a key type browsers accept
+        make_console_cert(cfg, console_cert, console_key)
     fp = None
     if role == "center":
         from exnode.node.kernel import registry

@@ -625,6 +625,12 @@ control:
 
 log:
   level: info
+
+console:
+  # The web console (控制台) over HTTPS; accounts: exnode console add NAME --role ROLE.
+  # listen: 127.0.0.1:8443   # or 0.0.0.0:8443 to serve the LAN; unset: no console
+  # cert: console/cert.pem    # your own certificate; `exnode init` made a self-signed one
+  # key: console/key.pem
 """
 
 

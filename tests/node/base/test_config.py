@@ -238,7 +238,7 @@ def test_config_schema_is_json_with_descriptions(tmp_path):
 def test_config_schema_offers_only_real_settings():
     props = Config.model_json_schema()["properties"]
     assert set(props) == {"node", "broker", "center", "delivery", "state", "control",
-                          "gconf", "log", "monitor", "access", "plugins", "crypto",
+                          "gconf", "log", "monitor", "access", "console", "plugins", "crypto",
                           "databases", "resources"}
 
 
