@@ -97,7 +97,7 @@ def _run(s, ports):
     _insert(s, people)
     wait_until(lambda: len(_rows(s.engines["center"])) == 20, 60, what="the shared library")
     add_accounts(s.star, "center")
-    add_accounts(s.star, "b1", ("sec",))
+    add_accounts(s.star, "b1", ("sec", "op"))
     add_accounts(s.star, "b2", ("op",))
     from playwright.sync_api import sync_playwright
 
@@ -222,6 +222,22 @@ def _pages(s, ports, browser, people):
     assert cells == [["1", "True", "True"], ["2", "True", "False"]], cells
     assert "张1" not in b2.page.content()  # the true value of the record that did not match
     b2.shot("verify")
+
+    # a correction filed by b2 is accepted by b1's operator from the quarantine page
+    r = s.cli("b2", "corrections", "file", "people", people[0]["citizen_id"], "--field",
+              "name", "--says", "张零", "--evidence", "户口簿第2页", "--json")
+    assert r.returncode == 0, r.stderr
+    cid = json.loads(r.stdout)["id"]
+    wait_until(lambda: s.cli("b1", "corrections", "show", cid).returncode == 0, 30,
+               what="the correction at the owner")
+    b1.logout()
+    b1.login("op")
+    b1.go("/work")
+    b1.shot("work")
+    b1.page.click(f"form[action='/corrections/{cid}/accept'] button")
+    b1.page.wait_for_url("**/work?note=Done")
+    wait_until(lambda: s.json("b2", "corrections", "show", cid)["status"] == "accepted", 30,
+               what="the answer at the consumer")
 
     # a package's trace across hops, from the center's log
     center.login("aud")

@@ -22,6 +22,17 @@ from exnode.policies import accounts as acc
 from .server import CONSOLE, Console, Denied, begin_session, blob_of, render
 
 CN = timezone(timedelta(hours=8))
+_TZ: Any = CN  # the node's access.timezone, set when the routes are added
+
+
+def _set_timezone(name: str) -> None:
+    global _TZ
+    try:
+        from zoneinfo import ZoneInfo
+
+        _TZ = ZoneInfo(name)
+    except (ImportError, KeyError, ValueError):
+        _TZ = CN
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -29,7 +40,7 @@ def fmt_ts(t: Any) -> str:
     if not t:
         return "-"
     try:
-        return datetime.fromtimestamp(float(t), CN).strftime("%Y-%m-%d %H:%M:%S")
+        return datetime.fromtimestamp(float(t), _TZ).strftime("%Y-%m-%d %H:%M:%S")
     except (TypeError, ValueError, OverflowError):
         return "-"
 
@@ -484,7 +495,7 @@ async def stats(request: web.Request) -> web.StreamResponse:
 
 def _month(text: str | None) -> str:
     if not text:
-        now = datetime.now(CN)
+        now = datetime.now(_TZ)
         first = now.replace(day=1)
         return (first - timedelta(days=1)).strftime("%Y-%m")
     if not re.match(r"^\d{4}-(0[1-9]|1[0-2])$", text):
@@ -609,7 +620,8 @@ async def healthz(_request: web.Request) -> web.StreamResponse:
     return web.json_response({"ok": True})
 
 
-def add_routes(app: web.Application, _console_obj: Console) -> None:
+def add_routes(app: web.Application, console: Console) -> None:
+    _set_timezone(console.cfg.access.timezone)
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/login", login_form)
