@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-console test lint bench-core bench-rules bench-sync bench-services clean venv
+.PHONY: demo demo-console test lint bench-core bench-rules bench-sync bench-services bench-console clean venv
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-sync: $(STAMP)
 
 bench-services: $(STAMP)
 	$(BIN)/python bench/bench_services.py
+
+bench-console: $(STAMP)
+	$(BIN)/python bench/bench_console.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

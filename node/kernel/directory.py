@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,8 @@ from typing import Any
 
 import cbor2
 import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Engine, select
 
 from exnode.node.base.config import NODE_ID_RE, Config
@@ -69,6 +72,11 @@ class Members:
         # older one is refused even after the cache file is lost (no rollback to a time
         # before a revocation).
         self.floor = 0
+        # (center) The registry's certificates already checked against the CA, by CA and
+        # certificate bytes, with their validity window: the registry is read again
+        # every 10 s, and checking a thousand members' signatures each time held the
+        # state-DB thread for a tenth of a second. Only the current registry's are kept.
+        self._checked: dict[tuple[bytes, bytes], tuple[idn.Member, dt.datetime]] = {}
 
     def load(self) -> None:
         """Center: from the registry. Bureau: from the cached global configuration."""
@@ -98,16 +106,37 @@ class Members:
         # The version and expiry are those of the last published global configuration.
         d = Directory(version=self.current.version,
                       expires=self.current.expires or time.time() + 3600)
+        ca_der = ca.public_bytes(serialization.Encoding.DER)
+        checked: dict[tuple[bytes, bytes], tuple[idn.Member, dt.datetime]] = {}
         with self.engine.connect() as conn:
             for r in conn.execute(select(members)).mappings():
                 if r["status"] == "approved" and r["cert"]:
                     try:
-                        d.members[r["id"]] = idn.member_from_cert(r["cert"], ca)
+                        d.members[r["id"]] = self._member(bytes(r["cert"]), ca, ca_der,
+                                                          checked)
                     except IdentityError as e:
                         log.warning("member_cert_invalid", member=r["id"], reason=str(e))
                 elif r["status"] == "revoked":
                     d.revoked.add(r["id"])
+        self._checked = checked
         self.current = d
+
+    def _member(self, cert: bytes, ca: x509.Certificate, ca_der: bytes,
+                checked: dict[tuple[bytes, bytes], tuple[idn.Member, dt.datetime]]
+                ) -> idn.Member:
+        """:func:`identity.member_from_cert`, checking the signature and extensions of a
+        certificate once and its validity window every time."""
+        key = (ca_der, cert)
+        hit = self._checked.get(key)
+        if hit is None:
+            m = idn.member_from_cert(cert, ca)
+            hit = (m, x509.load_der_x509_certificate(cert).not_valid_before_utc)
+        else:
+            now = _utcnow()
+            if not (hit[1] <= now <= hit[0].not_after):
+                raise IdentityError("member certificate expired or not yet valid")
+        checked[key] = hit
+        return hit[0]
 
     def apply_gconf(self, blob: bytes, save: bool = True) -> bool:
         """(bureau, state-DB thread) Take a signed gconf if it is newer; True if taken."""
@@ -150,6 +179,10 @@ class Members:
                             .values(value=value)).rowcount == 0:
                 conn.execute(meta.insert().values(key=SEEN_KEY, value=value))
         self.floor = version
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 Db = Callable[..., Awaitable[Any]]
