@@ -124,6 +124,18 @@ def test_csrf_session_fixation_strangers_and_lockout(console):
     # with the right token it works (so the refusals above were the token's)
     assert w.post("/accounts/ro/disable").status_code == 302
     assert w.post("/accounts/ro/enable").status_code == 302
+    # 三员分立: the console's system administrator cannot touch the other administrators,
+    # nor make one (that is done on the node, as the shell user)
+    for path, form in (("/accounts/aud/disable", {}), ("/accounts/aud/role", {"role": "ro"}),
+                       ("/accounts/sec/password", {"password": "New-password-123!"}),
+                       ("/accounts/op/role", {"role": "auditor"}),
+                       ("/accounts", {"name": "aud2", "role": "auditor",
+                                      "password": "Some-password-123!"})):
+        assert w.post(path, form).status_code == 403, path
+    roles = {a["name"]: (a["role"], a["disabled"]) for a in json.loads(
+        star.cli("center", "console", "accounts", "--json").stdout)}
+    assert roles["aud"] == ("auditor", False) and roles["op"] == ("operator", False)
+    assert "aud2" not in roles
     # logout ends the session on the server: the cookie copied before does not work
     logged_in = w.c.cookies.get("exnode_console")
     assert w.post("/logout").status_code == 302
@@ -203,3 +215,33 @@ def test_console_refuses_bad_input_with_one_line(console, tmp_path):
     assert r.status_code == 400 and "YYYY-MM" in r.text
     assert re.search(r"Content-Security-Policy", str(r.headers), re.I)
     w.close()
+
+
+def test_console_on_a_postgresql_state_db(make_star, system_broker, pg_url):
+    """Accounts, logins and the audit trail on a PostgreSQL state DB: the anchor fits the
+    exchange log's columns, and the database refuses edits of the trail."""
+    import sqlalchemy as sa
+
+    port = free_port()
+    star = make_star(system_broker, bureaus=(), node_settings={"center": {
+        "state": {"url": pg_url}, "console": {"listen": f"127.0.0.1:{port}"}}})
+    star.up()
+    add_accounts(star, "center", ("admin", "aud"))
+    wait_until(lambda: _answers(port), 30, what="the console")
+    w = Web(port)
+    assert Web(port).login("aud", "Wrong-password-1").status_code == 401
+    assert w.login("aud").status_code == 302
+    page = w.get("/audit?verify=1")
+    assert page.status_code == 200 and 'id="check" class="ok"' in page.text
+    assert "wrong password" in page.text  # the failed login is in the trail
+    w.close()
+    r = star.cli("center", "console", "audit", "--verify", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout + r.stderr
+    eng = sa.create_engine(pg_url)
+    try:
+        with pytest.raises(sa.exc.DatabaseError, match="append-only"), eng.begin() as c:
+            c.execute(sa.text("UPDATE console_audit SET detail = 'x'"))
+        with pytest.raises(sa.exc.DatabaseError, match="append-only"), eng.begin() as c:
+            c.execute(sa.text("DELETE FROM console_audit"))
+    finally:
+        eng.dispose()

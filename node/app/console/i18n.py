@@ -49,7 +49,11 @@ ZH: dict[str, str] = {
     "Change role": "修改角色", "Show": "查看", "Export": "导出",
     "The console is not set up for separation of duties": "控制台尚未满足三员分立",
     "account locked": "账户已锁定",
-    "signature": "签名", "This page needs the center": "此页面仅在中心可用",
+    "signature": "签名", "more": "更多",
+    "The three administrators' accounts are managed on the node: exnode console add NAME "
+    "--role sysadmin|secadmin|auditor":
+        "三员（系统管理员、安全管理员、审计员）账户在本机用 exnode console 命令管理",
+    "This page needs the center": "此页面仅在中心可用",
 }
 
 TABLES = {"zh": ZH}

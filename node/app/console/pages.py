@@ -45,6 +45,25 @@ def fmt_ts(t: Any) -> str:
         return "-"
 
 
+def fmt_left(t: Any, lang: str = "zh") -> str:
+    """The clock of a deadline: how long is left, or how long it is overdue."""
+    if not t:
+        return ""
+    try:
+        d = float(t) - time.time()
+    except (TypeError, ValueError):
+        return ""
+    s = abs(d)
+    days, hours, mins = int(s // 86400), int(s % 86400 // 3600), int(s % 3600 // 60)
+    if lang == "zh":
+        span = (f"{days}天" if days else "") + (f"{hours}小时" if hours or days else "") \
+            + ("" if days else f"{mins}分")
+        return ("剩余 " if d >= 0 else "超期 ") + span
+    span = (f"{days}d " if days else "") + (f"{hours}h " if hours or days else "") \
+        + ("" if days else f"{mins}m")
+    return span.strip() + (" left" if d >= 0 else " overdue")
+
+
 def fmt_bytes(n: Any) -> str:
     try:
         v = float(n)
@@ -198,12 +217,19 @@ async def overview(request: web.Request) -> web.StreamResponse:
     st = await c.call("GET", "/status")
     data = overview_data(st, c.cfg.monitor.health_every_s)
     alerts = await _maybe(c, "GET", "/alerts") or []
-    items = await _maybe(c, "GET", "/monitor/items") or []
-    if isinstance(items, dict):
-        items = items.get("items") or []
-    items.sort(key=lambda i: (not i.get("overdue"), i.get("deadline") or float("inf")))
-    return render(request, "overview.html", {**data, "alerts": alerts,
-                                             "items": items[:50], "status": st})
+    # only the overdue items: with a thousand members every one is a tracked item
+    items = await _maybe(c, "GET", "/monitor/items", query={"overdue": "1"}) or []
+    items.sort(key=lambda i: i.get("deadline") or float("inf"))
+    members = sorted(data["members"], key=lambda m: (m["online"], m["id"]))
+    everyone = request.query.get("members") == "all"
+    return render(request, "overview.html", {
+        **data, "alerts": alerts, "items": items[:50], "status": st,
+        "tracked": (st.get("monitor") or {}).get("tracked"),
+        "shown_members": members if everyone else members[:MEMBERS_SHOWN],
+        "more_members": 0 if everyone else max(0, len(members) - MEMBERS_SHOWN)})
+
+
+MEMBERS_SHOWN = 100  # offline ones first; ?members=all shows every one
 
 
 # --- catalog ----------------------------------------------------------------------------------
@@ -587,11 +613,25 @@ async def accounts(request: web.Request) -> web.StreamResponse:
                                              "error": request.query.get("error")})
 
 
+#: 三员分立: the three administrators' accounts are kept on the node itself (``exnode
+#: console ...``, audited as the shell user), so a system administrator in the console
+#: cannot make, change or remove an auditor, a security administrator or another
+#: system administrator, and so cannot get around the one who audits them.
+ADMIN_ROLES = ("sysadmin", "secadmin", "auditor")
+
+
+def _admin_guard(role: str | None) -> None:
+    if role in ADMIN_ROLES:
+        raise Denied("the three administrators' accounts (三员) are managed on the node with "
+                     "exnode console, not in the console")
+
+
 @action("accounts:manage", "account.manage")
 async def account_add(request: web.Request) -> web.StreamResponse:
     c = _console(request)
     f = await _form(request)
     u = request["user"]
+    _admin_guard(f.get("role"))
     await c.call("POST", "/console/accounts", {
         "name": f.get("name", ""), "role": f.get("role", ""), "password": f.get("password", ""),
         "lang": f.get("lang", "zh"), "actor": u["name"], "actor_role": u["role"],
@@ -609,6 +649,13 @@ async def account_act(request: web.Request) -> web.StreamResponse:
         raise UsageError("unknown account action")
     if request.match_info["name"] == u["name"] and act in ("role", "disable"):
         raise UsageError("you cannot change your own role or disable yourself")
+    accounts_now = {a["name"]: a for a in await c.call("GET", "/console/accounts")}
+    target = accounts_now.get(request.match_info["name"])
+    if target is None:
+        raise NotFound("no such console account")
+    _admin_guard(target["role"])
+    if act == "role":
+        _admin_guard(f.get("role"))
     await c.call("POST", "/console/accounts/{name}/{action}", {
         "role": f.get("role"), "password": f.get("password"), "actor": u["name"],
         "actor_role": u["role"], "client": request.remote or ""},

@@ -147,6 +147,7 @@ class Console:
                                    context_processors=[self._context])
         env.filters["ts"] = pages.fmt_ts
         env.filters["bytes"] = pages.fmt_bytes
+        env.filters["left"] = pages.fmt_left
         env.globals["static"] = lambda name: f"/static/{name}"
         app[CONSOLE] = self
         app.router.add_static("/static/", HERE / "static")

@@ -95,8 +95,8 @@ class ConsoleService:
         h = chain.link(audit_values(row), prev)
         conn.execute(insert(audit).values(**row, prev_hash=prev, hash=h))
         self.api.log(conn, [{"pkg_id": "", "event": "audit", "peer": vals["actor"][:64],
-                             "resource": "", "kind": "console",
-                             "status": f"head {row_id} {h}"[:200]}])
+                             "resource": "", "kind": "console", "status": "anchor",
+                             "reason": f"head {row_id} {h}"}])
         return {**row, "hash": h}
 
     def _audit_db(self, entry: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +124,7 @@ class ConsoleService:
             rows = [dict(r) for r in conn.execute(select(audit).order_by(audit.c.id))
                     .mappings()]
             anchor = conn.execute(text(
-                "SELECT status FROM exchange_log WHERE event = 'audit' AND kind = 'console' "
+                "SELECT reason FROM exchange_log WHERE event = 'audit' AND kind = 'console' "
                 "ORDER BY id DESC LIMIT 1")).scalar()
         broken = chain.first_break((audit_values(r), r["prev_hash"], r["hash"]) for r in rows)
         problems = []
