@@ -21,11 +21,6 @@ and of ``/catalog?q=TERM`` for several terms are timed; so are the control route
 pages call, over the control socket, to show the console's own share. Prints p50 / p95 /
 p99 / max beside the 200 ms target (and their ratio), then one JSON line.
 
-The console's audit anchor does not fit ``exchange_log.status`` (varchar(16)) on
-PostgreSQL, so adding an account fails there; until the console stores it elsewhere the
-bench widens that column in its own database (``widen_status``) and says so in the
-figures and the JSON line (``status_widened_work_around``).
-
     .venv/bin/python bench/bench_console.py [--requests K] [--fresh]
         [--members N] [--resources R] [--log-rows L]
 
@@ -518,26 +513,18 @@ def csrf_of(html: str) -> str:
     return m.group(1)
 
 
-TOO_LONG = "value too long for type character varying(16)"
 WIDENED = "bench_console_status_widened"
 
 
-def widened() -> bool:
-    with psycopg.connect(DSN) as c:
-        return c.execute("SELECT 1 FROM meta WHERE key = %s", (WIDENED,)).fetchone() is not None
-
-
-def widen_status() -> None:
-    """The work-around for the console's audit anchor on PostgreSQL: every audited action
-    (an account added, a login) appends an exchange-log row whose ``status`` is
-    ``head ID HASH`` (about 70 characters), and ``exchange_log.status`` is varchar(16),
-    which SQLite does not enforce and PostgreSQL does. Widened in this bench database only
-    (PostgreSQL changes a varchar's limit upwards without rewriting the table), and said
-    so in every run's figures."""
+def undo_widened_status() -> None:
+    """An earlier version of this bench widened ``exchange_log.status`` in its cached
+    database (the console's audit anchor did not fit varchar(16) then; it goes in
+    ``reason`` now): put the column back as the schema has it."""
     with psycopg.connect(DSN, autocommit=True) as c:
-        c.execute("ALTER TABLE exchange_log ALTER COLUMN status TYPE varchar(200)")
-        c.execute("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                  (WIDENED, b"1"))
+        if c.execute("SELECT 1 FROM meta WHERE key = %s", (WIDENED,)).fetchone() is None:
+            return
+        c.execute("ALTER TABLE exchange_log ALTER COLUMN status TYPE varchar(16)")
+        c.execute("DELETE FROM meta WHERE key = %s", (WIDENED,))
 
 
 def add_accounts(cfg_path: Path) -> None:
@@ -547,19 +534,10 @@ def add_accounts(cfg_path: Path) -> None:
     for name, (role, pw) in ACCOUNTS.items():
         if name in have:
             continue
-        for attempt in range(2):
-            r = subprocess.run([*exnode_cmd(), "-c", str(cfg_path), "console", "add", name,
-                                "--role", role, "--password-stdin", "--json"], input=pw,
-                               capture_output=True, text=True, timeout=60)
-            if r.returncode == 0:
-                break
-            if attempt == 0 and TOO_LONG in r.stdout + r.stderr:
-                print("NOTE: the console's audit anchor does not fit exchange_log.status "
-                      "(varchar(16)) on PostgreSQL: adding an account fails with "
-                      f"'{TOO_LONG}'. Widening the column in this bench database to "
-                      "measure the pages anyway.", flush=True)
-                widen_status()
-                continue
+        r = subprocess.run([*exnode_cmd(), "-c", str(cfg_path), "console", "add", name,
+                            "--role", role, "--password-stdin", "--json"], input=pw,
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
             raise SystemExit(f"bench: console add {name}: {r.stdout}{r.stderr}")
 
 
@@ -599,6 +577,7 @@ def main() -> None:
     reused = cached(args)
     if reused:
         took = {}
+        undo_widened_status()
         print(f"reusing the data set in {DBNAME} and {CACHE} (--fresh to rebuild)", flush=True)
     else:
         print(f"building the data set in {DBNAME} and {CACHE} ...", flush=True)
@@ -668,11 +647,6 @@ def main() -> None:
                   f"{f['max_ms']:8.1f} {f['ratio_p95_target']:8.2f} {f['bytes']:9,}",
                   flush=True)
         web.close()
-        work_around = widened()
-        if work_around:
-            print("\nNOTE: measured with exchange_log.status widened to varchar(200) in this "
-                  "database (the console's audit anchor does not fit varchar(16) on "
-                  "PostgreSQL; see widen_status)", flush=True)
         worst = max(v["p95_ms"] for name, v in results.items()
                     if name == "overview" or name.startswith("search "))
         print(f"\nworst console p95 {worst:.1f} ms, target {TARGET_P95_MS:.0f} ms: "
@@ -685,7 +659,7 @@ def main() -> None:
             "fill_parts_s": {k2: round(v, 1) for k2, v in took.items()},
             "start_s": round(start_s, 1), "requests": k, "target_p95_ms": TARGET_P95_MS,
             "worst_p95_ms": worst, "ratio": round(worst / TARGET_P95_MS, 3),
-            "search_hits": hits, "status_widened_work_around": work_around,
+            "search_hits": hits,
             "results": results}, ensure_ascii=False))
     finally:
         if proc.poll() is None:
