@@ -52,6 +52,10 @@ def _check(s, node, month):
     assert ex["expired"] == _count(rows, "expired")[0]
     for group in ("by_resource", "by_peer", "by_kind"):
         assert sum(r["bytes_out"] for r in sec["exchange"][group]) == ex["bytes_out"]
+        assert sum(r["rows_out"] for r in sec["exchange"][group]) == ex["rows_out"]
+    sync = [r for r in rows if r["event"] == "sync"]
+    assert ex["rows_out"] == sum(r["size"] for r in sync if r["status"].endswith(" rows sent"))
+    assert ex["rows_in"] == sum(r["size"] for r in sync if r["status"].endswith(" applied"))
     q = sec["queries"]["total"]
     assert (q["pages_answered"], q["rows_answered"]) == _count(rows, "query", "query-req")
     assert (q["pages_received"], q["rows_received"]) == _count(rows, "query", "query-page")
@@ -79,6 +83,7 @@ def _run(s):
     sec = {x["id"]: x for x in center["sections"]}
     assert sec["queries"]["total"]["rows_answered"] == 50
     assert sec["exchange"]["total"]["packages_in"] > 0
+    assert next(r for r in sec["exchange"]["by_peer"] if r["peer"] == "b1")["rows_in"] >= 50
     assert any(r["resource"] == "people" for r in sec["exchange"]["by_resource"])
     assert sec["requests"]["total"]["received"] == 1
     assert sec["requests"]["total"]["in_time"] == 1

@@ -8,6 +8,7 @@ import json
 import uuid
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -348,3 +349,31 @@ def test_snapshot_after_an_initial_load_sends_only_changes(sync_env):
         per_pkg = [n for (n,) in c.exec_driver_sql(
             "SELECT row_count FROM exnode_applied ORDER BY applied_at")]
     assert per_pkg[-1] == 1, per_pkg
+
+    # the rows of each package are in the exchange log (event 'sync', size = rows,
+    # counts only), where it was sent and where it was applied, and in the ledger
+    n = 1001  # the load's 1,000 and the one change
+    sent = db_rows(env.star, "b1", "SELECT pkg_id, peer, size, status FROM exchange_log "
+                   "WHERE event='sync' AND resource='people'")
+    assert sorted(r[0] for r in sent) == sorted(r[0] for r in after)
+    assert {r[1] for r in sent} == {"center"} and sum(r[2] for r in sent) == n
+    assert all(r[3] == f"{r[2]} rows sent" for r in sent), sent
+    applied = db_rows(env.star, "center", "SELECT size, status FROM exchange_log WHERE "
+                      "event='sync' AND peer='b1' AND resource='people'")
+    assert sum(r[0] for r in applied) == n and len(applied) == 3
+    assert all(r[1] == f"{r[0]} rows applied" for r in applied), applied
+    # the center forwarded them to b2 in packages of its own, logged where they went out
+    wait_until(lambda: sum(r[0] for r in db_rows(
+        env.star, "b2", "SELECT size FROM exchange_log WHERE event='sync' AND "
+        "status LIKE '% applied'")) == n, 30, 0.5, "the rows applied at b2")
+    fwd = db_rows(env.star, "center", "SELECT sum(size) FROM exchange_log WHERE "
+                  "event='sync' AND peer='b2' AND status LIKE '% rows sent'")
+    assert fwd == [(n,)]
+    month = dt.datetime.now(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
+    for node, col, peer in (("b1", "rows_out", "center"), ("center", "rows_in", "b1")):
+        r = env.star.cli(node, "ledger", "--month", month, "--json")
+        assert r.returncode == 0, r.stderr
+        ex = next(s for s in json.loads(r.stdout)["sections"] if s["id"] == "exchange")
+        assert next(x for x in ex["by_resource"] if x["resource"] == "people")[col] == n
+        assert next(x for x in ex["by_peer"] if x["peer"] == peer)[col] == n
+    assert env.star.cli("b1", "log", "verify").returncode == 0

@@ -118,6 +118,13 @@ def test_a_revoked_and_an_unenrolled_subscriber_stall_nothing(make_star, own_mos
         wait_until(lambda: not [h for r in star.status("center")["resources"]
                                 for h in r["held"] if h["node"] in ("b3", "b4")], 30, 0.5,
                    "nothing held for b3 and b4")
+        # each forward is logged with its rows where it went out (a held one once it
+        # went out): every row b1 sent, to each subscriber
+        for n in ("b2", "b3", "b4"):
+            sent = json.loads(star.cli("center", "log", "--json", "--event", "sync", "--peer",
+                                       n, "--limit", "100000").stdout)
+            assert sum(r["size"] for r in sent) == 1010, (n, len(sent))
+            assert all(r["status"] == f"{r['size']} rows sent" for r in sent)
         # and later changes keep flowing to everyone who is a member
         _insert(engines["b1"], range(1011, 1021))
         wait_until(lambda: all(_count(engines[n]) == 1020

@@ -28,6 +28,7 @@ from .capture import APPLIED_DELETE
 from .forwards import Forwards
 from .quality import Quality
 from .resources import REJECTION, Resources, key_text
+from .rowlog import applied_entry
 from .tables import conflicts, freshness, notices, row_origin
 
 log = structlog.get_logger("exnode.sync")
@@ -45,7 +46,7 @@ class Applier:
 
     def apply_and_forward(self, conn: Connection, rid: str, changes: list[Change], src: str,
                           pkg_id: str, initial: bool = False, ad: Any = None,
-                          retrying: int | None = None) -> None:
+                          retrying: int | None = None) -> int:
         """Apply accepted ``changes`` from ``src`` to this node's copy (in one target
         transaction, marked with ``pkg_id``), record the rows' origin and the source's
         freshness in ``conn``'s transaction, and, at the center, queue them for every
@@ -53,7 +54,8 @@ class Applier:
 
         Changes whose values the copy cannot store exactly are quarantined (stage
         ``apply``) and the others applied; an applied change closes the open quarantine
-        entries of its key here (but ``retrying``, the entry being retried)."""
+        entries of its key here (but ``retrying``, the entry being retried). Returns how
+        many changes were applied. Each package forwarded is logged with its rows."""
         ad = ad or self.res.adapter(rid)
         try:
             try:
@@ -80,8 +82,9 @@ class Applier:
             for dests, fields, part in self.granted_views(rid, changes, forward, ad):
                 data = encode_batch(ChangeBatch(rid, part, initial=initial), fields)
                 for dest in dests:  # one subscriber's problem never refuses the package
-                    self.forwards.send(conn, dest, rid, data)
+                    self.forwards.send(conn, dest, rid, data, len(part))
         self.record_fresh(conn, rid, src, time.time(), changed=True, rows=len(changes))
+        return len(changes)
 
     def granted_views(self, rid: str, changes: list[Change], dests: list[str], ad: Any) \
             -> list[tuple[list[str], list[str], list[Change]]]:
@@ -162,7 +165,8 @@ class Applier:
     # --- package handlers ------------------------------------------------------------------
 
     def on_rows(self, ctx: ApplyContext) -> None:
-        """A ``rows`` package (state-DB thread, inside the inbox transaction)."""
+        """A ``rows`` package (state-DB thread, inside the inbox transaction), logged
+        with its rows (event ``sync``) in that transaction."""
         h = ctx.header
         rid = h.res
         spec = self.res.spec(rid)
@@ -178,7 +182,12 @@ class Applier:
         rejected: list[tuple[Change, str]] = []
         if self.api.is_center:
             changes, rejected = self._judge(ctx.conn, rid, h.src, h.id, changes, ad)
-        self.apply_and_forward(ctx.conn, rid, changes, h.src, h.id, batch.initial, ad)
+        applied = self.apply_and_forward(ctx.conn, rid, changes, h.src, h.id, batch.initial,
+                                         ad)
+        n = len(batch.changes)
+        self.api.log(ctx.conn, [applied_entry(
+            h.id, h.src, rid, n, applied, refused=len(rejected),
+            conflicts=n - len(changes) - len(rejected))])
         if rejected:
             ctx.reply(REJECTION, cbor2.dumps({
                 "resource": rid, "pkg_id": h.id,

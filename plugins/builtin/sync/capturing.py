@@ -30,7 +30,8 @@ from exnode.policies.schedule import Schedule, zero_interval
 from . import capture as cap
 from .apply import Applier
 from .quality import Quality
-from .resources import ROWS, ZERO, Resources
+from .resources import ZERO, Resources
+from .rowlog import send_rows
 from .tables import sync_jobs
 
 log = structlog.get_logger("exnode.sync")
@@ -122,9 +123,9 @@ class Capturer:
             zero = not batch.changes and self._zero_due(rid, now)
             for dest in dests:
                 if batch.changes and self.api.is_center:  # held for a non-member
-                    self.applier.forwards.send(conn, dest, rid, data)
+                    self.applier.forwards.send(conn, dest, rid, data, len(batch.changes))
                 elif batch.changes:
-                    self.api.enqueue(conn, dest, ROWS, rid, data)
+                    send_rows(self.api, conn, dest, rid, data, len(batch.changes))
                 elif zero and (not self.api.is_center or self.api.directory.has(dest)):
                     self.api.enqueue(conn, dest, ZERO, rid,
                                      cbor2.dumps({"checked": now}))
@@ -268,7 +269,7 @@ class Capturer:
             for dest in dests:
                 if self.api.is_center and not self.api.directory.has(dest):
                     continue  # not a member now: its initial load is run again for it
-                self.api.enqueue(conn, dest, ROWS, rid, data, extra={"initial": True})
+                send_rows(self.api, conn, dest, rid, data, len(good), extra={"initial": True})
             spec = self.res.spec(rid)
             if (kind == "initial" and spec.capture is not None
                     and spec.capture.strategy == "snapshot"):

@@ -19,14 +19,20 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, func, select
 
+from exnode.adapters.rowcodec import decode_batch
 from exnode.node.kernel.api import ServiceAPI
 
-from .resources import ROWS
+from .rowlog import send_rows
 from .tables import held_forwards
 
 log = structlog.get_logger("exnode.sync")
 
 DRAIN_BATCH = 200
+
+
+def _count(data: bytes) -> int:
+    """The changes in a batch held before its row count was kept (an upgrade)."""
+    return len(decode_batch(data).changes)
 
 
 class Forwards:
@@ -42,12 +48,14 @@ class Forwards:
                 select(held_forwards.c.dest, held_forwards.c.resource).distinct())}
         return self._held
 
-    def send(self, conn: Connection, dest: str, rid: str, data: bytes) -> None:
-        """Queue ``data`` (a rows batch) for ``dest``, or hold it with the reason."""
+    def send(self, conn: Connection, dest: str, rid: str, data: bytes, rows: int) -> None:
+        """Queue ``data`` (a rows batch of ``rows`` changes) for ``dest``, or hold it
+        with the reason. A package that goes out is logged with its rows (event
+        ``sync``); a held one when it goes out."""
         d = self.api.directory
         held = self._keys(conn)
         if d.has(dest) and (dest, rid) not in held:
-            self.api.enqueue(conn, dest, ROWS, rid, data)
+            send_rows(self.api, conn, dest, rid, data, rows)
             return
         if dest in d.revoked:
             reason = f"{dest} is revoked (held until it is readmitted, or remove it from " \
@@ -70,7 +78,8 @@ class Forwards:
             return
         self._counts[(dest, rid)] = n + 1
         conn.execute(held_forwards.insert().values(dest=dest, resource=rid, data=data,
-                                                   created=time.time(), reason=reason))
+                                                   rows=rows, created=time.time(),
+                                                   reason=reason))
         if (dest, rid) not in held:
             log.warning("forward_held", resource=rid, node=dest, reason=reason)
         held.add((dest, rid))
@@ -88,11 +97,12 @@ class Forwards:
                 continue
             with self.api.state.begin() as conn:
                 rows = conn.execute(
-                    select(held_forwards.c.id, held_forwards.c.data)
+                    select(held_forwards.c.id, held_forwards.c.data, held_forwards.c.rows)
                     .where(held_forwards.c.dest == dest, held_forwards.c.resource == rid)
                     .order_by(held_forwards.c.id).limit(DRAIN_BATCH)).all()
                 for r in rows:
-                    self.api.enqueue(conn, dest, ROWS, rid, r.data)
+                    send_rows(self.api, conn, dest, rid, r.data,
+                              r.rows if r.rows is not None else _count(r.data))
                 if rows:
                     conn.execute(held_forwards.delete().where(
                         held_forwards.c.id.in_([r.id for r in rows])))

@@ -26,7 +26,8 @@ from exnode.node.base.errors import ExnodeError, NotFound, UsageError
 from exnode.node.kernel.api import ServiceAPI
 from exnode.policies.changes import Change, ChangeBatch
 
-from .resources import ROWS, Resources, jsonable, key_text
+from .resources import Resources, jsonable, key_text
+from .rowlog import send_rows
 from .tables import notices, quality_stats, quarantine
 
 log = structlog.get_logger("exnode.quality")
@@ -39,7 +40,7 @@ class Quality:
         self.api = api
         self.res = res
         # Set by the service: the one apply-and-forward path (see apply.py).
-        self.apply_and_forward: Callable[..., None] | None = None
+        self.apply_and_forward: Callable[..., int] | None = None
         self._rulesets: dict[str, Any] = {}
         self._registry: Any = None
         self._tables: dict[str, Any] = {}
@@ -303,7 +304,7 @@ class Quality:
             if r["stage"] == "owner":
                 data = encode_batch(ChangeBatch(rid, [change]), ad.fields)
                 for dest in self.res.destinations(rid):
-                    self.api.enqueue(conn, dest, ROWS, rid, data)
+                    send_rows(self.api, conn, dest, rid, data, 1)
             else:
                 assert self.apply_and_forward is not None
                 self.apply_and_forward(conn, rid, [change], r["src"],

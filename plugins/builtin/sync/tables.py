@@ -137,6 +137,7 @@ held_forwards = Table(
     Column("created", Float, nullable=False),
     Column("reason", String(200), nullable=False),
     Column("data", LargeBinary, nullable=False),
+    Column("rows", Integer),  # changes in data (null: held before s0004)
     Index("ix_held_forwards_dest", "dest", "resource", "id"),
 )
 

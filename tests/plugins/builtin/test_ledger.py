@@ -92,9 +92,18 @@ def eng(tmp_path, monkeypatch):
         e("verify", kind="check-req", peer="b2", size=9, status="over-quota"),
         e("overdue", kind="access-req", peer="b2", pkg_id=R2, status="review step overdue"),
         e("overdue", kind="correction", peer="b2", pkg_id=C2, status="overdue"),
+        # the sync service's rows of its packages (size = rows)
+        e("sync", peer="b1", size=12, status="12 rows applied"),
+        e("sync", peer="b1", size=5, status="5 rows received, 3 applied"),
+        e("sync", peer="b2", size=12, status="12 rows sent"),
+        e("sync", peer="b2", resource="licences", size=4, status="4 rows sent"),
     ])
-    append_at(e_, monkeypatch, NOV_LAST, [e("created", size=1000)])
-    append_at(e_, monkeypatch, DEC_FIRST, [e("created", size=5000)])
+    append_at(e_, monkeypatch, NOV_LAST, [e("created", size=1000),
+                                          e("sync", peer="center", size=30,
+                                            status="30 rows sent")])
+    append_at(e_, monkeypatch, DEC_FIRST, [e("created", size=5000),
+                                           e("sync", peer="center", size=900,
+                                             status="900 rows sent")])
     append_at(e_, monkeypatch, DEC_UTC_NOV, [e("created", size=7000)])
     with e_.begin() as conn:
         def req(rid, created, status, consumer="b2", due=None):
@@ -167,7 +176,7 @@ def test_the_log_rows_of_the_month(eng):
     inside = [i for i, t in rows if NOV_FIRST <= t < DEC_FIRST]
     assert d["log"] == {"first_id": inside[0], "last_id": inside[-1], "rows": len(inside),
                         "clock_went_back": 0}
-    assert len(inside) == 1 + 16 + 1  # Nov 1 00:00, the 16 of Nov 15, Nov 30 23:30
+    assert len(inside) == 1 + 20 + 2  # Nov 1 00:00, the 20 of Nov 15, the 2 of Nov 30
     assert d["from_local"] == "2026-11-01T00:00:00+08:00" and d["complete"] is True
 
 
@@ -179,7 +188,8 @@ def test_packages_and_bytes(eng):
     assert (t["packages_in"], t["bytes_in"]) == (2, 350)  # duplicate not counted
     assert (t["relayed"], t["bytes_relayed"]) == (1, 40)
     assert (t["refused"], t["expired"]) == (1, 1)
-    assert t["rows_in"] is None and t["rows_out"] is None
+    # rows: the 'sync' entries of the month (not December's 900)
+    assert (t["rows_in"], t["rows_out"]) == (17, 46)
     people = by(ex, "resource", "people")
     assert (people["packages_out"], people["bytes_out"], people["packages_in"]) == (3, 1260, 2)
     assert by(ex, "peer", "center")["bytes_out"] == 1200
@@ -191,6 +201,28 @@ def test_packages_and_bytes(eng):
     for group in ("resource", "peer", "kind"):
         assert sum(r["bytes_out"] for r in ex[f"by_{group}"]) == 1260, group
         assert sum(r["packages_in"] for r in ex[f"by_{group}"]) == 2, group
+
+
+def test_rows_in_and_out(eng):
+    ex = section(ledger(eng), "exchange")
+    # out: 12 to b2 + 4 licences to b2 + 30 to center (Nov 30); in: 12 + 5 from b1 (a
+    # package counts all its rows, also those it did not apply)
+    people, lic = by(ex, "resource", "people"), by(ex, "resource", "licences")
+    assert (people["rows_in"], people["rows_out"]) == (17, 42)
+    assert (lic["rows_in"], lic["rows_out"]) == (0, 4)
+    assert (by(ex, "peer", "b1")["rows_in"], by(ex, "peer", "b1")["rows_out"]) == (17, 0)
+    assert by(ex, "peer", "b2")["rows_out"] == 16
+    assert by(ex, "peer", "center")["rows_out"] == 30
+    assert by(ex, "kind", "rows")["rows_in"] == 17
+    for group in ("resource", "peer", "kind"):
+        assert sum(r["rows_out"] for r in ex[f"by_{group}"]) == 46, group
+        assert sum(r["rows_in"] for r in ex[f"by_{group}"]) == 17, group
+    # the 'sync' entries are not packages: the package counts do not change
+    assert ex["total"]["packages_out"] == 3 and ex["total"]["packages_in"] == 2
+    cols = {c["name"]: c for c in ex["columns"]}
+    assert "sync" in cols["rows_in"]["note"] and "applied" in cols["rows_in"]["note"]
+    assert "rows sent" in cols["rows_out"]["note"]
+    assert not any("not recorded" in r for r in ledger(eng)["rules"])
 
 
 def test_queries_verifications_and_zero_reports(eng):
@@ -306,7 +338,7 @@ def test_empty_log(tmp_path):
 def test_the_log_still_verifies(eng):
     with eng.connect() as conn:
         assert exlog.verify(conn).ok
-        assert conn.execute(text("SELECT count(*) FROM exchange_log")).scalar() == 21
+        assert conn.execute(text("SELECT count(*) FROM exchange_log")).scalar() == 27
 
 
 def test_interval_of():
