@@ -335,21 +335,24 @@ def trace(conn: Connection, pkg_id: str) -> dict[str, Any] | None:
 
 def stats(conn: Connection, since: float) -> dict[str, Any]:
     """Packages and bytes since ``since``, per resource, per peer and per day (UTC+8
-    days), counting each package once where it was sent or received here."""
-    from sqlalchemy import Integer, cast, func
+    days), counting each package once where it was sent or received here; and rows, from
+    the entries a service writes per package with ``size`` = rows (event ``sync``: the
+    sync service's rows sent and applied)."""
+    from sqlalchemy import Integer, case, cast, func
 
     t = exchange_log
     moved = t.c.event.in_(("sent", "applied", "relayed"))
-    base = (t.c.ts >= since) & moved & (t.c.pkg_id != "")
-    out: dict[str, Any] = {}
-    for name, col in (("resource", t.c.resource), ("peer", t.c.peer)):
-        out[f"by_{name}"] = [{"key": k or "-", "packages": int(n), "bytes": int(b or 0)}
-                             for k, n, b in conn.execute(
-                                 select(col, func.count(), func.sum(t.c.size)).where(base)
-                                 .group_by(col).order_by(func.count().desc()).limit(30))]
+    base = (t.c.ts >= since) & (moved | (t.c.event == "sync")) & (t.c.pkg_id != "")
+    pkgs = func.sum(case((moved, 1), else_=0))
+    size = func.sum(case((moved, t.c.size), else_=0))
+    rows = func.sum(case((t.c.event == "sync", t.c.size), else_=0))
     day = (cast((t.c.ts + 8 * 3600) / 86400, Integer) if conn.dialect.name == "sqlite"
            else func.floor((t.c.ts + 8 * 3600) / 86400))  # SQLite's cast truncates
-    out["by_day"] = [{"key": int(d), "packages": int(n), "bytes": int(b or 0)}
-                     for d, n, b in conn.execute(select(day, func.count(), func.sum(t.c.size))
-                                                 .where(base).group_by(day).order_by(day))]
+    out: dict[str, Any] = {}
+    for name, col in (("resource", t.c.resource), ("peer", t.c.peer), ("day", day)):
+        q = select(col, pkgs, size, rows).where(base).group_by(col)
+        q = q.order_by(col) if name == "day" else q.order_by(pkgs.desc()).limit(30)
+        out[f"by_{name}"] = [{"key": (int(k) if name == "day" else k or "-"),
+                              "packages": int(n or 0), "bytes": int(b or 0),
+                              "rows": int(r or 0)} for k, n, b, r in conn.execute(q)]
     return out

@@ -33,6 +33,7 @@ ZH: dict[str, str] = {
     "The form was stale; please try again": "页面已过期，请重试",
     "Resolve": "处理", "Accept": "采纳", "Release": "放行", "Drop": "丢弃",
     "Packages per resource": "各资源数据包数", "Bytes per resource": "各资源字节数",
+    "Rows per resource": "各资源数据行数",
     "Packages per member": "各成员数据包数", "Packages per day": "每日数据包数",
     "Answer times of requests (hours)": "申请办理时长（小时）",
     "Freshness compliance": "时效达标率", "Packages": "数据包", "Bytes": "字节",

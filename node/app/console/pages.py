@@ -514,6 +514,7 @@ async def stats(request: web.Request) -> web.StreamResponse:
     return render(request, "stats.html", {
         "by_resource": bars(s["by_resource"], "packages"),
         "bytes_resource": bars(s["by_resource"], "bytes"),
+        "rows_resource": bars(s["by_resource"], "rows"),
         "by_peer": bars(s["by_peer"], "packages"), "by_day": bars(s["by_day"], "packages"),
         "answers": bars(answered[-30:], "hours"), "fresh": fresh,
         "resources": len(resources), "days": request.query.get("days", "30")})

@@ -441,3 +441,36 @@ def test_a_snapshot_sees_rows_and_head_of_one_moment_while_the_log_grows(eng):
     assert fired and res.ok, res.problem
     assert res.rows in (5, 6)
     assert verify(eng).ok
+
+
+def test_listing_trace_and_stats_read_what_was_logged(eng):
+    """What `exnode log`, `log show` and the console's statistics read: filters, a
+    package's trace, and packages, bytes and rows per resource, peer and day."""
+    import time
+
+    def e(pkg, event, peer, res, size, status="ok"):
+        return {"pkg_id": pkg, "event": event, "peer": peer, "resource": res, "kind": "rows",
+                "size": size, "status": status, "reason": ""}
+
+    append(eng, [e("p1", "created", "center", "people", 1000), e("p1", "sent", "center",
+                                                                 "people", 1000),
+                 e("p1", "sync", "center", "people", 7, "7 rows sent"),
+                 e("p2", "applied", "b2", "licences", 500),
+                 e("p3", "relayed", "b1>b2", "people", 300),
+                 e("", "audit", "admin", "", 0)])
+    with eng.connect() as conn:
+        assert [r["pkg_id"] for r in exlog.listing(conn, peer="b2")] == ["p2", "p3"]
+        assert [r["event"] for r in exlog.listing(conn, events=["sent", "applied"])] == \
+            ["sent", "applied"]
+        assert len(exlog.listing(conn, limit=2)) == 2
+        assert "hash" not in exlog.listing(conn)[0]
+        t = exlog.trace(conn, "p1")
+        assert t is not None and [r["event"] for r in t["trace"]] == ["created", "sent", "sync"]
+        assert exlog.trace(conn, "nope") is None
+        s = exlog.stats(conn, time.time() - 3600)
+    by_res = {r["key"]: r for r in s["by_resource"]}
+    assert by_res["people"] == {"key": "people", "packages": 2, "bytes": 1300, "rows": 7}
+    assert by_res["licences"] == {"key": "licences", "packages": 1, "bytes": 500, "rows": 0}
+    assert {r["key"] for r in s["by_peer"]} == {"center", "b2", "b1>b2"}
+    assert len(s["by_day"]) == 1 and s["by_day"][0]["packages"] == 3
+    assert s["by_day"][0]["rows"] == 7
