@@ -195,7 +195,9 @@ RULES = [
     "the month's end; overdue = flagged 'overdue' in this node's log, or open past due",
     "quarantine: rows set aside in the month (created), their status now",
     "freshness: share of the month (up to now) within one expected interval after a "
-    "'rows' or 'zero' package of the resource (created or applied here)",
+    "'rows' or 'zero' package of the resource (created or applied here); from the "
+    "month's start, or from the node's first log entry if it began later (the first "
+    "update due one interval after it)",
     "rows out / in: event 'sync' (kind 'rows', one per sync package, size = its rows), "
     "SUM(size) of those whose status ends in 'rows sent' (queued here, by peer the "
     "destination) / 'applied' (received and applied here, by peer the source)",
@@ -553,7 +555,13 @@ def _freshness(conn: Connection, rng: LogRange, intervals: dict[str, float | Non
         peer_gaps = _gaps(conn, win, known, by_peer=True)
     else:
         res_gaps = peer_gaps = {}
-    span = max(0.0, as_of - rng.start)
+    # a node's expectations begin when its exchange log does (a node set up in the middle
+    # of the month was not late before it existed); its first update is due one interval
+    # after that
+    begun = conn.execute(select(LOG.c.ts).order_by(LOG.c.id).limit(1)).scalar()
+    begun = float(begun) if begun is not None else as_of
+    measured_from = max(rng.start, begun)
+    span = max(0.0, as_of - measured_from)
 
     def row(key: dict[str, str], interval: float | None, n: dict[str, int],
             gaps: dict[str, Any] | None) -> dict[str, Any]:
@@ -562,7 +570,7 @@ def _freshness(conn: Connection, rng: LogRange, intervals: dict[str, float | Non
         if interval is None or span <= 0:
             out.update({"late": None, "longest_gap_s": None, "compliance_pct": None})
             return out
-        late, longest, uncovered = _coverage(gaps, interval, rng.start, as_of)
+        late, longest, uncovered = _coverage(gaps, interval, measured_from, as_of, begun)
         out.update({"late": late, "longest_gap_s": round(longest, 1),
                     "compliance_pct": round(100.0 * (1 - uncovered / span), 2)})
         return out
@@ -619,11 +627,14 @@ def _gaps(conn: Connection, win: tuple[int, int, float, float], known: dict[str,
 
 
 def _coverage(g: dict[str, Any] | None, interval: float, start: float,
-              end: float) -> tuple[int, float, float]:
+              end: float, begun: float | None = None) -> tuple[int, float, float]:
     """(late periods, longest gap, uncovered seconds) of ``[start, end)`` when each
-    update covers the ``interval`` after it."""
+    update covers the ``interval`` after it; the node's start (``begun``, when its
+    exchange log begins) covers the interval after it too, as if it were an update."""
+    grace = begun + interval if begun is not None and begun >= start else start
     if g is None:
-        return (1 if end > start else 0), end - start, end - start
+        uncovered = max(0.0, end - max(start, grace))
+        return (1 if uncovered > 0 else 0), end - start, uncovered
     late, longest, uncovered = 0, 0.0, 0.0
 
     def hole(a: float, b: float) -> None:  # nothing covers [a, b)
@@ -634,7 +645,7 @@ def _coverage(g: dict[str, Any] | None, interval: float, start: float,
             uncovered += b - a
 
     if g["first"] > start:
-        hole(start, g["first"])
+        hole(max(start, min(grace, g["first"])), g["first"])
         longest = max(longest, g["first"] - start)
     for p, t in g["gaps"]:
         longest = max(longest, t - p)

@@ -329,7 +329,8 @@ def test_empty_log(tmp_path):
         assert d["log"] == {"first_id": None, "last_id": None, "rows": 0,
                             "clock_went_back": 0}
         assert section(d, "exchange")["total"]["packages_out"] == 0
-        assert by(section(d, "freshness"), "resource", "people")["compliance_pct"] == 0.0
+        # a node whose log is empty had not begun: nothing was due from it yet
+        assert by(section(d, "freshness"), "resource", "people")["compliance_pct"] is None
         json.dumps(d)  # JSON-able
     finally:
         e_.dispose()
@@ -347,3 +348,27 @@ def test_interval_of():
     assert compute.interval_of(None, "weekly") == 7 * DAY
     assert compute.interval_of(None, "实时") is None
     assert compute.interval_of(None, None) is None
+
+
+def test_a_node_begun_mid_month_is_measured_from_its_start(tmp_path, monkeypatch):
+    """A node whose exchange log begins on Nov 20 was not late before it existed: it is
+    measured from then, its first update due one interval later."""
+    e_ = open_state(f"sqlite:///{tmp_path}/new.db")
+    try:
+        begun = sh(2026, 11, 20, 9)
+        append_at(e_, monkeypatch, begun, [e("created", kind="gconf", resource="")])
+        append_at(e_, monkeypatch, begun + 3600, [e("created")])  # first update after 1 h
+        append_at(e_, monkeypatch, begun + 3600 + 5 * DAY, [e("created")])  # then late
+        d = compute.compute(e_, node_id="b1", role="bureau", month="2026-11",
+                            intervals={"people": DAY, "births": DAY}, now=sh(2026, 12, 2))
+        fr = section(d, "freshness")
+        p = by(fr, "resource", "people")
+        span = DEC_FIRST - begun
+        uncovered = 4 * DAY + (DEC_FIRST - (begun + 3600 + 6 * DAY))
+        assert p["late"] == 2
+        assert p["compliance_pct"] == round(100 * (1 - uncovered / span), 2)
+        # a resource never updated: due one day after the start, late from then on
+        b = by(fr, "resource", "births")
+        assert b["compliance_pct"] == round(100 * DAY / span, 2) and b["late"] == 1
+    finally:
+        e_.dispose()
