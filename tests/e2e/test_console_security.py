@@ -245,3 +245,37 @@ def test_console_on_a_postgresql_state_db(make_star, system_broker, pg_url):
             c.execute(sa.text("DELETE FROM console_audit"))
     finally:
         eng.dispose()
+
+
+def test_a_flood_of_failed_logins_costs_bounded_audit_space(console):
+    """100 strangers guess at once: every one is refused (wrong password, or 'too many
+    logins at once' when the argon2 queue is full), and the audit trail lists at most
+    20 failed logins a minute one by one (the rest are counted)."""
+    import asyncio
+
+    star, port = console
+    before = len(_audit(star))
+
+    async def guess(client: httpx.AsyncClient, i: int) -> httpx.Response:
+        page = await client.get("/login")
+        return await client.post("/login", data={"_csrf": csrf_of(page.text),
+                                                 "name": f"guess{i % 7}",
+                                                 "password": f"Guess-{i}-password"})
+
+    async def flood() -> list[httpx.Response]:
+        clients = [httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", verify=False,
+                                     timeout=60) for _ in range(100)]
+        try:
+            return await asyncio.gather(*(guess(c, i) for i, c in enumerate(clients)))
+        finally:
+            await asyncio.gather(*(c.aclose() for c in clients))
+
+    answers = asyncio.run(flood())
+    assert all(r.status_code == 401 for r in answers), {r.status_code for r in answers}
+    assert all("wrong name or password" in r.text or "too many logins" in r.text
+               for r in answers)
+    new = _audit(star)[before:]
+    failed = [a for a in new if a["action"] == "login" and a["outcome"] == "refused"]
+    # one minute boundary may fall inside the flood: two minutes' worth at most
+    assert 0 < len(failed) <= 2 * 20 + 1, len(failed)
+    assert Web(port).login("admin").status_code == 302  # and the console still serves

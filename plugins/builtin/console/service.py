@@ -39,6 +39,8 @@ AUDIT_FIELDS = ("actor", "role", "action", "target", "outcome", "detail", "clien
 #: failed logins recorded one by one per minute; beyond that they are counted, so a flood
 #: of guesses before authentication costs a bounded number of audit rows
 FAILED_LOGINS_PER_MINUTE = 20
+HASHING_AT_ONCE = 2
+HASHING_QUEUE = 64
 _DUMMY_HASH = acc.hash_password("not-a-real-password-Xy1!")
 
 
@@ -76,6 +78,20 @@ class ConsoleService:
         self._minute = 0
         self._failed_this_minute = 0
         self._suppressed = 0
+        # argon2id takes 64 MiB and tens of ms per hash: at most two at a time, so a
+        # flood of login attempts costs bounded memory (they queue, and wait their turn)
+        self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
+        self._queued = 0
+
+    async def _argon2(self, fn: Any, *args: Any) -> Any:
+        if self._queued >= HASHING_QUEUE:  # beyond this, refuse rather than pile up
+            raise LoginFailed("too many logins at once; try again in a moment")
+        self._queued += 1
+        try:
+            async with self._hashing:
+                return await asyncio.to_thread(fn, *args)
+        finally:
+            self._queued -= 1
 
     # --- audit --------------------------------------------------------------------------
 
@@ -267,9 +283,9 @@ class ConsoleService:
             name_ok = name
         r = await self.api.db(self._login_row, name_ok) if name_ok else None
         # the same argon2 work whether or not the account exists
-        ok, new_hash = await asyncio.to_thread(acc.verify_password,
-                                               r["pw_hash"] if r else _DUMMY_HASH,
-                                               password[:1024])
+        ok, new_hash = await self._argon2(acc.verify_password,
+                                          r["pw_hash"] if r else _DUMMY_HASH,
+                                          password[:1024])
         now = time.time()
         if r is not None and (r["locked_until"] or 0) > now:
             raise LoginFailed("this account is locked after repeated failed logins; try "
@@ -374,7 +390,7 @@ class ConsoleService:
         lang = req.arg("lang", str, "zh")
         if lang not in LANGS:
             raise UsageError(f"language '{_clip(lang, 8)}': one of {', '.join(LANGS)}")
-        pw_hash = await asyncio.to_thread(acc.hash_password, password)
+        pw_hash = await self._argon2(acc.hash_password, password)
         return await self.api.db(self._add, name, role, pw_hash, lang, self._actor(req))
 
     async def _r_change(self, req: ControlRequest) -> Any:
@@ -386,7 +402,7 @@ class ConsoleService:
                 acc.check_password(password, name)
             except acc.AccountError as e:
                 raise UsageError(str(e)) from None
-            pw_hash = await asyncio.to_thread(acc.hash_password, password)
+            pw_hash = await self._argon2(acc.hash_password, password)
             return await self.api.db(self._change, name, {"pw_hash": pw_hash},
                                      "account.password", "", actor, True)
         if action == "role":
