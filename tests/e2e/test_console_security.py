@@ -279,3 +279,23 @@ def test_a_flood_of_failed_logins_costs_bounded_audit_space(console):
     # one minute boundary may fall inside the flood: two minutes' worth at most
     assert 0 < len(failed) <= 2 * 20 + 1, len(failed)
     assert Web(port).login("admin").status_code == 302  # and the console still serves
+
+
+def test_an_account_changes_its_own_password(console):
+    star, port = console
+    w = Web(port)
+    w.login("op")
+    assert w.get("/me").status_code == 200
+    r = w.post("/me/password", {"current": "Wrong-current-1", "new": "Brand-new-pw-123!",
+                                "again": "Brand-new-pw-123!"})
+    assert r.status_code == 400 and "current password is wrong" in r.text
+    r = w.post("/me/password", {"current": PASSWORDS["op"], "new": "short",
+                                "again": "short"})
+    assert r.status_code == 400 and "at least 12" in r.text
+    r = w.post("/me/password", {"current": PASSWORDS["op"], "new": "Brand-new-pw-123!",
+                                "again": "Brand-new-pw-123!"})
+    assert r.status_code == 302 and r.headers["location"] == "/login"
+    assert w.get("/").status_code == 302  # the session ended with the change
+    assert Web(port).login("op").status_code == 401
+    assert Web(port).login("op", "Brand-new-pw-123!").status_code == 302
+    assert any(a["action"] == "account.password" and a["actor"] == "op" for a in _audit(star))

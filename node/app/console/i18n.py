@@ -50,7 +50,12 @@ ZH: dict[str, str] = {
     "Change role": "修改角色", "Show": "查看", "Export": "导出",
     "The console is not set up for separation of duties": "控制台尚未满足三员分立",
     "account locked": "账户已锁定",
-    "signature": "签名", "more": "更多",
+    "signature": "签名", "more": "更多", "Change password": "修改密码",
+    "Current password": "当前密码", "New password": "新密码", "Again": "再次输入",
+    "At least 12 characters from three of: lower case, upper case, digits, other; not "
+    "containing the account name. Every session of this account ends.":
+        "至少 12 位，包含小写字母、大写字母、数字、其他字符中的三类，且不含账户名；"
+        "修改后该账户的所有会话结束。",
     "The three administrators' accounts are managed on the node: exnode console add NAME "
     "--role sysadmin|secadmin|auditor":
         "三员（系统管理员、安全管理员、审计员）账户在本机用 exnode console 命令管理",

@@ -664,6 +664,25 @@ async def account_act(request: web.Request) -> web.StreamResponse:
     raise _back(request, "/accounts", "Saved")
 
 
+async def me(request: web.Request) -> web.StreamResponse:
+    """Every account's own page: its role, and a form to change its password."""
+    return render(request, "me.html", {"error": request.query.get("error")})
+
+
+async def my_password(request: web.Request) -> web.StreamResponse:
+    c = _console(request)
+    f = await _form(request)
+    if f.get("new", "") != f.get("again", ""):
+        raise UsageError("the two new passwords differ")
+    await c.call("POST", "/console/self/password", {
+        "name": request["user"]["name"], "current": f.get("current", "")[:1024],
+        "new": f.get("new", "")[:1024], "client": request.remote or ""})
+    from aiohttp_session import get_session
+
+    (await get_session(request)).invalidate()  # every session ended: log in again
+    raise web.HTTPFound("/login")
+
+
 async def healthz(_request: web.Request) -> web.StreamResponse:
     return web.json_response({"ok": True})
 
@@ -676,6 +695,8 @@ def add_routes(app: web.Application, console: Console) -> None:
     r.add_post("/login", login)
     r.add_post("/logout", logout)
     r.add_post("/lang", set_lang)
+    r.add_get("/me", me)
+    r.add_post("/me/password", my_password)
     r.add_get("/", overview)
     r.add_get("/catalog", catalog)
     r.add_get("/catalog/{rid}", resource)

@@ -364,6 +364,7 @@ class ConsoleService:
         router.post("/console/accounts", self._r_add)
         router.post("/console/accounts/{name}/{action}", self._r_change)
         router.post("/console/login", self._r_login)
+        router.post("/console/self/password", self._r_self_password)
         router.post("/console/session", self._r_session)
         router.post("/console/logout", self._r_logout)
         router.get("/console/audit", self._r_audit)
@@ -431,6 +432,28 @@ class ConsoleService:
     async def _r_login(self, req: ControlRequest) -> Any:
         return await self.login(str(req.arg("name"))[:64], str(req.arg("password")),
                                 str(req.body.get("client") or ""))
+
+    async def _r_self_password(self, req: ControlRequest) -> Any:
+        """An account changes its own password: the current one first (a wrong one counts
+        towards the lockout), then the new one by the rules; every session ends."""
+        name, client = str(req.arg("name"))[:64], _clip(req.body.get("client") or "", 64)
+        new = str(req.arg("new"))
+        try:
+            acc.check_password(new, name)
+        except acc.AccountError as e:
+            raise UsageError(str(e)) from None
+        r = await self.api.db(self._login_row, name)
+        if r is None:
+            raise NotFound(f"no console account '{_clip(name, 32)}'")
+        ok, _ = await self._argon2(acc.verify_password, r["pw_hash"],
+                                   str(req.arg("current"))[:1024])
+        if not ok:
+            await self.api.db(self._note_failure, name, client, "wrong current password")
+            raise LoginFailed("the current password is wrong")
+        pw_hash = await self._argon2(acc.hash_password, new)
+        return await self.api.db(self._change, name, {"pw_hash": pw_hash}, "account.password",
+                                 "changed by the account itself",
+                                 {"actor": name, "role": r["role"], "client": client}, True)
 
     async def _r_session(self, req: ControlRequest) -> Any:
         sid = req.arg("sid")
