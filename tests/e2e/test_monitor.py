@@ -55,6 +55,9 @@ def test_an_overdue_access_request_raises_exactly_one_alert(make_star, system_br
         "scan_every_s": 1,
         "webhooks": [{"url": f"http://127.0.0.1:{port}/alerts?t=1", "secret_env": KEY_ENV,
                       "backoff_s": 0.2}]}})
+    s.console_port = free_port()
+    s.star.node_settings.setdefault("center", {})["console"] = {
+        "listen": f"127.0.0.1:{s.console_port}"}
     try:
         _run(s)
     finally:
@@ -128,6 +131,21 @@ def _run(s):
         r = s.cli("center", "alerts", *bad)
         assert r.returncode != 0 and want in r.stderr, r.stdout + r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+    # shown in the console: the overview's count, the alerts page, an operator's button
+    from ..console_helpers import Web, add_accounts
+
+    add_accounts(s.star, "center", ("op", "ro"))
+    w = Web(s.console_port)
+    assert w.login("ro").status_code == 302
+    assert '<b id="alerts">1</b>' in w.get("/").text
+    page = w.get("/alerts").text
+    assert rid in page and "/alerts/" not in page.split('id="alerts"')[1]  # ro: no button
+    w.close()
+    w = Web(s.console_port)
+    w.login("op")
+    assert f'action="/alerts/{a["id"]}/ack"' in w.get("/alerts").text
+    w.close()
 
     # acknowledged: who and when; no longer open, nothing new raised
     acked = s.json("center", "alerts", "ack", str(a["id"]), "--by", "值班员")
