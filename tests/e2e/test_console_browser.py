@@ -239,6 +239,23 @@ def _pages(s, ports, browser, people):
     wait_until(lambda: s.json("b2", "corrections", "show", cid)["status"] == "accepted", 30,
                what="the answer at the consumer")
 
+    # the center's security administrator revokes b2's query grant from the grants page:
+    # b2's console stops showing a sample at once (the kept one is not served)
+    b2.go("/catalog/people")
+    assert b2.page.query_selector("#sample") is not None
+    center.login("sec")
+    center.go("/grants")
+    center.shot("grants")
+    center.page.click("tr[data-service='query'][data-grantee='b2'] button.revoke")
+    center.page.wait_for_url("**/grants?note=Done")
+    center.logout()
+    wait_until(lambda: not any(g["service"] == "query" for g in s.json("b2", "access",
+                                                                        "grants")),
+               30, what="the revocation at b2")
+    b2.go("/catalog/people")
+    assert b2.page.query_selector("#sample") is None
+    assert "张1" not in b2.page.content()
+
     # a package's trace across hops, from the center's log
     center.login("aud")
     center.go("/log?kind=query-req")

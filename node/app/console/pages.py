@@ -252,16 +252,44 @@ async def resource(request: web.Request) -> web.StreamResponse:
     rid = request.match_info["rid"]
     query = {"version": request.query["version"]} if request.query.get("version") else {}
     entry = await c.call("GET", "/catalog/{resource}", params={"resource": rid}, query=query)
-    sample, why = None, None
-    if c.has("POST", "/query/page"):
-        try:
-            sample = await c.call("POST", "/query/page", {"resource": rid, "limit": 5,
-                                                          "timeout": 10.0})
-        except ExnodeError as e:
-            why = str(e)
-        except TimeoutError:
-            why = "the holder did not answer within 10 s"
+    sample, why = await _sample(c, rid)
     return render(request, "resource.html", {"e": entry, "sample": sample, "why": why})
+
+
+SAMPLE_TTL_S = 300.0
+_samples: dict[str, tuple[float, Any, str | None]] = {}
+
+
+async def _sample(c: Console, rid: str) -> tuple[Any, str | None]:
+    """Five rows of ``rid`` through the query service (so with this node's grant: its
+    fields, rows and masks, applied at the holder), kept five minutes: a sample is a
+    query, logged and counted against the grant's rate and quota, and a page view should
+    not spend them."""
+    if not c.has("POST", "/query/page"):
+        return None, None
+    # the cache is keyed by this node's query grants in force now: a revoked, expired or
+    # changed grant is a new key, so a kept sample never outlives the grant it came under
+    grants = await _maybe(c, "GET", "/access/grants", query={"resource": rid}) or []
+    key = rid + "|" + ",".join(sorted(
+        f"{g['id']}:{g.get('granted_at')}" for g in grants
+        if g.get("service") == "query" and g.get("grantee") == c.cfg.node.id))
+    now = time.monotonic()
+    hit = _samples.get(key)
+    if hit is not None and now - hit[0] < SAMPLE_TTL_S and "|" != key[-1]:
+        return hit[1], hit[2]
+    sample, why = None, None
+    try:
+        sample = await c.call("POST", "/query/page", {"resource": rid, "limit": 5,
+                                                      "timeout": 10.0})
+    except ExnodeError as e:
+        why = str(e)
+    except TimeoutError:
+        why = "the holder did not answer within 10 s"
+    if len(_samples) >= 500:
+        _samples.clear()
+    if sample is not None:  # a refusal is asked again next time (a grant may come)
+        _samples[key] = (now, sample, why)
+    return sample, why
 
 
 # --- access requests and grants -----------------------------------------------------------------
