@@ -163,6 +163,9 @@ def _pages(s, ports, browser, people):
     center.page.click(f"tr[data-id='{req['id']}'] button.approve")
     center.page.wait_for_url("**/requests?note=Done")
     center.logout()
+    trail = s.json("center", "console", "audit", "--limit", "500")
+    assert [(a["actor"], a["outcome"]) for a in trail if a["action"] == "access.review"
+            and a["target"] == req["id"]] == [("sec", "ok")]
     wait_until(lambda: s.json("b1", "access", "show", req["id"])["status"] == "provider", 30,
                what="the request at the provider")
     b1 = Site(browser, ports["b1"], "b1")

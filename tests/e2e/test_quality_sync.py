@@ -49,18 +49,23 @@ def people_dbs(tmp_path) -> dict[str, object]:
 def star(make_star, system_broker, tmp_path):
     dbs = people_dbs(tmp_path)
     res = {"database": "db", "table": "people", "key": ["id"], "owner": "b1"}
+    from ..console_helpers import free_port
+
+    console_port = free_port()
     s = make_star(system_broker, node_settings={
         "b1": {"databases": {"db": {"url": f"sqlite:///{dbs['b1']}"}},
                "resources": {"people": {**res, "quality": OWNER_RULES, "capture": {
                    "strategy": "snapshot", "schedule": {"every": "1h"}}}}},
         "center": {"databases": {"db": {"url": f"sqlite:///{dbs['center']}"}},
                    "resources": {"people": {**res, "quality": CENTER_RULES,
-                                            "subscribers": ["b2"]}}},
+                                            "subscribers": ["b2"]}},
+                   "console": {"listen": f"127.0.0.1:{console_port}"}},
         "b2": {"databases": {"db": {"url": f"sqlite:///{dbs['b2']}"}},
                "resources": {"people": res}},
     })
     s.up()
     s.dbs = dbs
+    s.console_port = console_port
     return s
 
 
@@ -137,10 +142,24 @@ def test_rules_at_owner_and_center_quarantine_notice_and_retry(star):
     assert json.loads(r.stdout)["status"] == "retried"
     wait_until(lambda: 2 in rows(star, "b2"), 30, 0.2, "row 2 at b2 after the fix")
     assert rows(star, "center")[2][2] == valid_id(2)
-    # dropping the center's quarantined row
-    r = star.cli("center", "quarantine", "drop", str(cq[0]["id"]))
-    assert r.returncode == 0
+    # dropping the center's quarantined row, from the console's quarantine page: a
+    # read-only account sees it without a button or a value; an operator drops it
+    from ..console_helpers import Web, add_accounts
+
+    add_accounts(star, "center", ("op", "ro"))
+    w = Web(star.console_port)
+    assert w.login("ro").status_code == 302
+    page = w.get("/work").text
+    assert f"<td>{cq[0]['id']}</td>" in page and "/quarantine/" not in page
+    assert valid_id(3) not in page and "王五" not in page  # the row's values stay out
+    w.close()
+    w = Web(star.console_port)
+    w.login("op")
+    assert w.post(f"/quarantine/{cq[0]['id']}/drop").status_code == 302
     assert json.loads(star.cli("center", "quarantine", "list", "--json").stdout) == []
+    assert any(a["action"] == "quarantine.act" and a["actor"] == "op" for a in json.loads(
+        star.cli("center", "console", "audit", "--json").stdout))
+    w.close()
     r = star.cli("center", "quarantine", "drop", str(cq[0]["id"]))
     assert r.returncode != 0 and "Traceback" not in r.stderr
 

@@ -114,6 +114,9 @@ def action(perm: str, what: str) -> Callable[[Handler], Handler]:
                 raise
             try:
                 resp = await fn(request)
+            except web.HTTPRedirection:  # done, and the answer is a redirect
+                await c.audit(request, what, target)
+                raise
             except ExnodeError as e:
                 await c.audit(request, what, target, "failed", str(e)[:500])
                 raise
