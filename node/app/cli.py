@@ -586,9 +586,11 @@ def log(ctx: click.Context, as_json: bool, peer: str | None, resource: str | Non
 
 @log.command("show")
 @click.argument("pkg_id")
+@click.option("--hops", is_flag=True, help="(bureau) Ask the center for its hop of the "
+              "package too (the daemon must run; the center answers a party only).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def log_show(ctx: click.Context, pkg_id: str, as_json: bool) -> None:
+def log_show(ctx: click.Context, pkg_id: str, hops: bool, as_json: bool) -> None:
     """A package's trace as far as this node knows it."""
     from exnode.node.kernel import exlog
     from exnode.node.kernel.state import open_state
@@ -599,6 +601,8 @@ def log_show(ctx: click.Context, pkg_id: str, as_json: bool) -> None:
         data = exlog.trace(conn, pkg_id)
     if data is None:
         raise NotFound(f"package {pkg_id} is not known to this node")
+    if hops:
+        data = ctx.obj.call("GET", f"/log/trace/{pkg_id}?hops=1", timeout=30.0)
     ctx.obj.show(data, as_json, _trace_text)
 
 
@@ -627,8 +631,12 @@ def _unique_package(conn: Any, prefix: str) -> str:
 def _trace_text(d: dict[str, Any]) -> str:
     ob, ib = d["outbox"], d["inbox"]
     out = [f"package {d['pkg_id']}"]
-    out += [f"  {ts(r['ts'])}  {r['event']:<9} {r['peer']:<22} {r['status']}"
-            + (f"  {r['reason']}" if r["reason"] else "") for r in d["trace"]]
+    for hop in d.get("hops") or [{"node": None, "trace": d["trace"]}]:
+        if hop["node"]:
+            out.append(f" at {hop['node']}" + (f": {hop['error']}" if hop.get("error") else
+                                               "" if hop["trace"] else ": nothing"))
+        out += [f"  {ts(r['ts'])}  {r['event']:<9} {r['peer']:<22} {r['status']}"
+                + (f"  {r['reason']}" if r["reason"] else "") for r in hop["trace"]]
     if ob:
         out.append(f"  outbox: to {ob['dest']}, {ob['status']}, {ob['attempts']} attempt(s), "
                    f"seq {ob['seq']}")

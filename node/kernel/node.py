@@ -39,6 +39,7 @@ from exnode.node.kernel.relay import Relay
 from exnode.node.kernel.services import KernelAPI, NoCatalog, Status
 from exnode.node.kernel.state import open_state
 from exnode.node.kernel.topics import Topics
+from exnode.node.kernel.tracing import TRACE, Tracer
 from exnode.node.kernel.transport import Transport, client_id, sleep_or_stop
 from exnode.node.kernel.witness import LOG_HEAD, Witness, require_bureau
 
@@ -109,6 +110,7 @@ class Node:
                                    self._enrolled)
         self.batcher = Batcher(self.send_many, cfg.delivery.batch_bytes,
                                cfg.delivery.batch_linger_ms)
+        self.tracer = Tracer()
         self.witness = Witness(cfg, self.engine, self.identity, self.members, self.outbox.log,
                                self.counters)
         self.login = LoginRotation(cfg, self.engine, self.broker_access.set_password
@@ -164,7 +166,8 @@ class Node:
             if svc is not None:
                 self.pm.register(svc, name=f"service:{type(svc).__module__}")
         self.plugins.collect_kinds(KindSpec)
-        for spec in [*self.witness.kinds(), *self.login.kinds()]:  # the kernel's own kinds
+        for spec in [*self.witness.kinds(), *self.login.kinds(),
+                     *self.tracer.kinds()]:  # the kernel's own kinds
             if spec.name in self.plugins.kinds:
                 raise ConfigError(f"package kind '{spec.name}' is the kernel's; a plugin "
                                   "may not register it")
@@ -209,6 +212,8 @@ class Node:
         return await self.db(read)
 
     async def _trace_route(self, req: ControlRequest) -> Any:
+        """A package's trace here; with ``?hops=1`` at a bureau, the center's hop too
+        (``hops``: this node's entries, then the center's, or the center's error)."""
         pkg = req.params["pkg"].strip().lower()[:36]
 
         def read() -> Any:
@@ -217,7 +222,23 @@ class Node:
         out = await self.db(read)
         if out is None:
             raise NotFound(f"package {pkg} is not known to this node")
+        if req.query.get("hops") in ("1", "true"):
+            hops: list[dict[str, Any]] = [{"node": self.id, "trace": out["trace"]}]
+            if not self.is_center:
+                hops.append(await self._center_trace(pkg))
+            out["hops"] = hops
         return out
+
+    async def _center_trace(self, pkg: str, timeout: float = 10.0) -> dict[str, Any]:
+        qid, payload, fut = self.tracer.ask(pkg)
+        try:
+            await self.send_many([(self.cfg.center_id, TRACE, "", payload)])
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return {"node": self.cfg.center_id, "trace": [],
+                    "error": f"the center did not answer within {timeout:g} s"}
+        finally:
+            self.tracer.forget(qid)
 
     async def _log_stats_route(self, req: ControlRequest) -> Any:
         try:

@@ -266,11 +266,25 @@ def _pages(s, ports, browser, people):
     link = center.page.query_selector("a.pkg")
     assert link is not None
     link.click()
-    center.page.wait_for_selector("#trace li")
-    events = center.page.eval_on_selector_all("#trace li b", "els => els.map(e => e.textContent)")
+    center.page.wait_for_selector("#trace-center li")
+    events = center.page.eval_on_selector_all("#trace-center li b",
+                                              "els => els.map(e => e.textContent)")
     assert "applied" in events, events  # b2's request, applied at the center
-    assert "b2" in center.page.inner_text("#trace")
+    assert "b2" in center.page.inner_text("#trace-center")
     center.shot("trace")
+    # the same kind of package from b2's console: its own hop and the center's
+    b2.go("/log?kind=query-req")
+    pkg = b2.page.query_selector("a.pkg").get_attribute("href").rsplit("/", 1)[1]
+    shown = s.cli("b2", "log", "show", pkg, "--hops")  # the same from the CLI
+    assert shown.returncode == 0 and " at center" in shown.stdout, shown.stdout + shown.stderr
+    assert "applied" in shown.stdout.split(" at center", 1)[1]
+    b2.page.query_selector("a.pkg").click()
+    b2.page.wait_for_selector("#trace-center li")
+    mine = b2.page.eval_on_selector_all("#trace-b2 li b", "els => els.map(e => e.textContent)")
+    theirs = b2.page.eval_on_selector_all("#trace-center li b",
+                                          "els => els.map(e => e.textContent)")
+    assert "created" in mine and "applied" in theirs, (mine, theirs)
+    b2.shot("trace-hops")
 
     # the monthly ledger downloads, and its package totals match `exnode log`
     month = time.strftime("%Y-%m", time.localtime())

@@ -470,7 +470,8 @@ async def log_page(request: web.Request) -> web.StreamResponse:
 @page("view:log")
 async def trace(request: web.Request) -> web.StreamResponse:
     c = _console(request)
-    t = await c.call("GET", "/log/trace/{pkg}", params={"pkg": request.match_info["pkg"]})
+    t = await c.call("GET", "/log/trace/{pkg}", params={"pkg": request.match_info["pkg"]},
+                     query={"hops": "1"})
     return render(request, "trace.html", {"t": t})
 
 
