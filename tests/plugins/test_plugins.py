@@ -30,7 +30,8 @@ from .building import clean_env, pip_install
 
 SYNC_KINDS = ["health", "rejection", "rows", "verify-req", "verify-res", "zero"]  # built-in sync
 # the kernel's own kinds: the exchange log's witness and the broker login's rotation
-KERNEL_KINDS = ["broker-login", "broker-login-ok", "log-head", "log-witness"]
+KERNEL_KINDS = ["broker-login", "broker-login-ok", "log-head", "log-trace", "log-trace-ans",
+                "log-witness"]
 # the sharing services: catalog, access, verification, query, corrections
 SHARING = ["catalog", "access", "verification", "query", "corrections"]
 SHARING_KINDS = ["catalog", "catalog-pub", "catalog-pull", "access-req", "access-ask",
