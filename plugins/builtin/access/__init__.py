@@ -152,8 +152,11 @@ class AccessService:
     def _step(self, req: dict[str, Any], status: str, by: str, decision: str,
               reason: str = "", days: int | None = None) -> None:
         now = time.time()
+        # the step's own deadline goes with it, so whether it was answered in time can be
+        # told after the request has moved on (the monthly ledger)
         req.setdefault("history", []).append({"at": now, "step": req["status"], "by": by,
-                                              "decision": decision, "reason": reason})
+                                              "decision": decision, "reason": reason,
+                                              "due": req.get("due")})
         req["status"] = status
         req["updated"] = now
         req["due"] = self.calendar.deadline(now, days) if days else None

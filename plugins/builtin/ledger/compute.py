@@ -46,6 +46,7 @@ its expected interval (``resources.X.freshness``, else the catalog's
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
@@ -60,9 +61,11 @@ LOG = table("exchange_log", column("id"), column("ts"), column("pkg_id"), column
             column("peer"), column("resource"), column("kind"), column("size"),
             column("status"))
 ACCESS = table("access_requests", column("id"), column("resource"), column("consumer"),
-               column("provider"), column("status"), column("due"), column("created"))
+               column("provider"), column("status"), column("due"), column("created"),
+               column("doc"))
 CORRECTIONS = table("corrections", column("id"), column("resource"), column("consumer"),
-                    column("owner"), column("status"), column("due"), column("created"))
+                    column("owner"), column("status"), column("due"), column("created"),
+                    column("doc"))
 QUARANTINE = table("quarantine", column("id"), column("resource"), column("src"),
                    column("stage"), column("status"), column("created"))
 
@@ -134,7 +137,8 @@ SECTIONS: list[dict[str, Any]] = [
      "chart": ["received", "in_time", "overdue"],
      "columns": [
          _col("received", "received", "收到申请", "filed in the month by another node"),
-         _col("in_time", "answered in time", "按时答复", "decided, never overdue"),
+         _col("in_time", "answered in time", "按时答复", "decided, no step after its "
+              "deadline"),
          _col("overdue", "overdue", "超期", "flagged 'overdue' here, or open past due"),
          _col("pending", "pending", "办理中", "open, not yet due"),
          _col("granted", "granted", "同意"),
@@ -477,6 +481,23 @@ def _flagged(conn: Connection, rng: LogRange, as_of: float) -> set[str]:
     return {str(r[0]) for r in conn.execute(q)}
 
 
+def _answered_late(doc: str | None, due: float | None) -> bool:
+    """A decided request or correction whose history shows a step taken after its
+    deadline: the step's own ``due`` (access requests keep it with each step), or the
+    item's ``due`` for the decision (a correction's one step)."""
+    try:
+        hist = json.loads(doc or "{}").get("history") or []
+    except (ValueError, AttributeError):
+        return False
+    for h in hist:
+        if not isinstance(h, dict) or not isinstance(h.get("at"), (int, float)):
+            continue
+        step_due = h.get("due", due)
+        if isinstance(step_due, (int, float)) and h["at"] > step_due:
+            return True
+    return False
+
+
 def _cases(conn: Connection, t: Any, party: str, node_id: str, start: float, end: float,
            as_of: float, flagged: set[str], done: Mapping[str, str], open_: Collection[str],
            cols: list[str]) -> dict[str, Any]:
@@ -484,8 +505,8 @@ def _cases(conn: Connection, t: Any, party: str, node_id: str, start: float, end
     in time / overdue / pending, the decisions, and those this node filed."""
     g = _Groups(cols)
     rows = conn.execute(select(t.c.id, t.c.resource, t.c.consumer, t.c[party], t.c.status,
-                               t.c.due).where(t.c.created >= start,
-                                              t.c.created < min(end, as_of)))
+                               t.c.due, t.c.doc).where(t.c.created >= start,
+                                                       t.c.created < min(end, as_of)))
     for r in rows:
         keys = (("resource", r.resource), ("peer", r.consumer if r.consumer != node_id
                                            else (r[3] or "?")))
@@ -494,7 +515,8 @@ def _cases(conn: Connection, t: Any, party: str, node_id: str, start: float, end
                 g.add(group, key, "filed", 1)
             continue
         is_open = r.status in open_
-        late = r.id in flagged or (is_open and r.due is not None and r.due <= as_of)
+        late = r.id in flagged or (is_open and r.due is not None and r.due <= as_of) \
+            or (not is_open and _answered_late(r.doc, r.due))
         state = "overdue" if late else "pending" if is_open else "in_time"
         for group, key in keys:
             g.add(group, key, "received", 1)

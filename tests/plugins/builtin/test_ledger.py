@@ -372,3 +372,40 @@ def test_a_node_begun_mid_month_is_measured_from_its_start(tmp_path, monkeypatch
         assert b["compliance_pct"] == round(100 * DAY / span, 2) and b["late"] == 1
     finally:
         e_.dispose()
+
+
+def test_a_step_taken_after_its_deadline_is_overdue_after_the_decision(tmp_path):
+    """The provider answered two days after its deadline; the request was granted and
+    its deadline cleared since: the ledger still counts it overdue, from the step's own
+    deadline kept in the history. A correction answered after its due, too."""
+    import json as _json
+
+    e_ = open_state(f"sqlite:///{tmp_path}/s.db")
+    try:
+        late = {"history": [
+            {"at": sh(2026, 11, 3), "step": "review", "decision": "approved",
+             "due": sh(2026, 11, 4)},
+            {"at": sh(2026, 11, 12), "step": "provider", "decision": "approved",
+             "due": sh(2026, 11, 10)}]}
+        ok_ = {"history": [{"at": sh(2026, 11, 3), "step": "review", "decision": "approved",
+                            "due": sh(2026, 11, 4)}]}
+        with e_.begin() as conn:
+            conn.execute(insert(access_requests), [
+                {"id": rid, "resource": "people", "consumer": "b2", "provider": "b1",
+                 "service": "query", "status": "granted", "due": None, "overdue": False,
+                 "created": sh(2026, 11, 2), "updated": sh(2026, 11, 12),
+                 "doc": _json.dumps(doc)} for rid, doc in (("late", late), ("ok", ok_))])
+            conn.execute(insert(corrections), [
+                {"id": "c-late", "resource": "people", "consumer": "b2", "owner": "b1",
+                 "status": "accepted", "due": sh(2026, 11, 9), "overdue": False,
+                 "created": sh(2026, 11, 2), "updated": sh(2026, 11, 12),
+                 "doc": _json.dumps({"history": [{"at": sh(2026, 11, 12),
+                                                  "decision": "accepted"}]})}])
+        d = compute.compute(e_, node_id="center", role="center", month="2026-11",
+                            now=sh(2026, 12, 2))
+        r = section(d, "requests")["total"]
+        assert (r["received"], r["in_time"], r["overdue"]) == (2, 1, 1)
+        c = section(d, "corrections")["total"]
+        assert (c["received"], c["in_time"], c["overdue"]) == (1, 0, 1)
+    finally:
+        e_.dispose()
