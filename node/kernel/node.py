@@ -192,7 +192,12 @@ class Node:
         router.get("/log", self._log_route)
         router.get("/log/trace/{pkg}", self._trace_route)
         router.get("/log/stats", self._log_stats_route)
+        router.get("/outbox/backlog", self._backlog_route)
         self.pm.hook.exnode_control_routes(router=router)
+
+    async def _backlog_route(self, _req: ControlRequest) -> Any:
+        """Per destination: packages waiting for their receipt, and the oldest's time."""
+        return await self.db(self.outbox.backlog_by_dest)
 
     async def _log_route(self, req: ControlRequest) -> Any:
         q = req.query

@@ -305,6 +305,14 @@ class Outbox:
             return int(conn.execute(select(func.count()).where(
                 outbox.c.status == "pending")).scalar() or 0)
 
+    def backlog_by_dest(self) -> dict[str, dict[str, float]]:
+        """Per destination: packages waiting for their receipt, and the oldest's age."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.dest, func.count(), func.min(outbox.c.created))
+                                .where(outbox.c.status == "pending")
+                                .group_by(outbox.c.dest)).all()
+        return {d: {"packages": int(n), "oldest": float(t)} for d, n, t in rows}
+
     # --- publishing -----------------------------------------------------------------------
 
     def _sign(self, message: bytes) -> tuple[str, bytes]:

@@ -173,9 +173,14 @@ def _run(s):
 def test_a_bureau_that_stops_reporting_raises_one_alert(make_star, system_broker):
     """(center) b1 reports every second; stopped, it is silent after 8 s: one alert,
     cleared when it is back."""
+    from ..console_helpers import Web, add_accounts
+
+    port = free_port()
     star = make_star(system_broker, bureaus=("b1",), settings={"monitor": {
-        "scan_every_s": 1, "health_every_s": 1, "silent_after_s": 8}})
+        "scan_every_s": 1, "health_every_s": 1, "silent_after_s": 8}},
+        node_settings={"center": {"console": {"listen": f"127.0.0.1:{port}"}}})
     star.up()
+    add_accounts(star, "center", ("ro",))
 
     def alerts(*args):
         r = star.cli("center", "alerts", *args, "--json")
@@ -194,6 +199,20 @@ def test_a_bureau_that_stops_reporting_raises_one_alert(make_star, system_broker
     got = alerts()
     assert [(a["kind"], a["item"], a["node"], a["item_state"]) for a in got] == [
         ("silent", "b1", "b1", "silent")], got
+    # the console's overview: b1 offline, with what waits for it in the outbox
+    import base64
+
+    star.call("center", "POST", "/send", {"to": "b1", "resource": "demo.records",
+                                          "payloads": [base64.b64encode(b"x").decode()]})
+    w = Web(port)
+    w.login("ro")
+    import re
+
+    row = re.search(r'<tr data-node="b1">(.*?)</tr>', w.get("/").text, re.S)
+    assert row and "离线" in row.group(1), row
+    queued = int(re.search(r'class="queued">(\d+)', row.group(1)).group(1))
+    assert queued >= 1, row.group(1)
+    w.close()
     star.start("b1")
     wait_until(lambda: alerts("--all")[0]["state"] == "cleared", 40, what="cleared")
     assert len(alerts("--all")) == 1

@@ -50,7 +50,7 @@ ZH: dict[str, str] = {
     "Change role": "修改角色", "Show": "查看", "Export": "导出",
     "The console is not set up for separation of duties": "控制台尚未满足三员分立",
     "account locked": "账户已锁定",
-    "signature": "签名", "more": "更多", "Change password": "修改密码",
+    "signature": "签名", "more": "更多", "since": "自", "Change password": "修改密码",
     "Current password": "当前密码", "New password": "新密码", "Again": "再次输入",
     "At least 12 characters from three of: lower case, upper case, digits, other; not "
     "containing the account name. Every session of this account ends.":

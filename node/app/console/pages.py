@@ -192,7 +192,7 @@ async def set_lang(request: web.Request) -> web.StreamResponse:
 def overview_data(st: dict[str, Any], cfg_every: float) -> dict[str, Any]:
     now = time.time()
     peers = {p["node_id"]: p for p in st.get("peers") or []}
-    online_s = max(3 * cfg_every, 180.0)
+    online_s = max(3 * cfg_every, 10.0)  # three missed health reports: offline
     members = []
     for m in st.get("members") or []:
         if m == st.get("node"):
@@ -219,11 +219,15 @@ async def overview(request: web.Request) -> web.StreamResponse:
     c = _console(request)
     st = await c.call("GET", "/status")
     data = overview_data(st, c.cfg.monitor.health_every_s)
+    queued = await c.call("GET", "/outbox/backlog")
+    for m in data["members"]:
+        q = queued.get(m["id"]) or {}
+        m["queued"], m["oldest"] = q.get("packages", 0), q.get("oldest")
     alerts = await _maybe(c, "GET", "/alerts") or []
     # only the overdue items: with a thousand members every one is a tracked item
     items = await _maybe(c, "GET", "/monitor/items", query={"overdue": "1"}) or []
     items.sort(key=lambda i: i.get("deadline") or float("inf"))
-    members = sorted(data["members"], key=lambda m: (m["online"], m["id"]))
+    members = sorted(data["members"], key=lambda m: (m["online"], -m["queued"], m["id"]))
     everyone = request.query.get("members") == "all"
     return render(request, "overview.html", {
         **data, "alerts": alerts, "items": items[:50], "status": st,
