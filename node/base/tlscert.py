@@ -70,6 +70,25 @@ def make_console_cert(cfg: Config, cert: Path, key: Path, days: int = 825) -> st
     return fingerprint(cert)
 
 
+def covers(cert: Path, cfg: Config) -> bool:
+    """Whether ``cert`` names the host the console listens on (a wildcard listen address
+    is served under the names the certificate has)."""
+    from cryptography import x509
+
+    host = _host(cfg)
+    if host in ("0.0.0.0", "::", ""):
+        return True
+    try:
+        c = x509.load_pem_x509_certificate(cert.read_bytes())
+        san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return False
+    try:
+        return ipaddress.ip_address(host) in san.get_values_for_type(x509.IPAddress)
+    except ValueError:
+        return host in san.get_values_for_type(x509.DNSName)
+
+
 def fingerprint(cert: Path) -> str:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes

@@ -35,7 +35,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from exnode.node.base.config import Config
 from exnode.node.base.errors import ExnodeError, NotFound
-from exnode.node.base.tlscert import console_cert_paths, make_console_cert
+from exnode.node.base.tlscert import console_cert_paths, covers, make_console_cert
 from exnode.node.kernel.api import Blob, ControlRequest, RouteHandler
 from exnode.policies import accounts as acc
 
@@ -118,8 +118,10 @@ class Console:
 
     def tls(self) -> ssl.SSLContext:
         cert, key = console_cert_paths(self.cfg)
-        if not cert.exists() and self.cfg.console.cert is None:
+        if self.cfg.console.cert is None and (not cert.exists() or not covers(cert, self.cfg)):
+            # exnode's own certificate, for the host console.listen names now
             make_console_cert(self.cfg, cert, key)
+            log.info("console_certificate_made", cert=str(cert), host=self.cfg.console.listen)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:

@@ -56,3 +56,27 @@ def test_a_console_that_cannot_listen_stops_the_daemon_with_one_line(tmp_path):
     cfg.write_text(cfg.read_text().replace(f"  listen: 127.0.0.1:{port}", "  listen: nope"))
     r = exnode("-c", str(cfg), "config", "check", cwd=tmp_path)
     assert r.returncode == 2 and "console.listen" in r.stderr
+
+
+def test_the_daemon_remakes_its_own_certificate_for_a_new_host(tmp_path):
+    """The certificate init made names 127.0.0.1 and localhost; with console.listen on
+    another address the daemon makes one that names it (an operator's own certificate
+    is never touched)."""
+    from exnode.node.base.config import load_config
+    from exnode.node.base.tlscert import console_cert_paths, covers
+
+    ok(exnode("init", "--role", "center", "--id", "center", "--dir", str(tmp_path / "c"),
+              cwd=tmp_path))
+    path = tmp_path / "c" / "exnode.yaml"
+    path.write_text(path.read_text().replace("  # listen: 127.0.0.1:8443",
+                                             "  listen: 127.0.0.2:8443"))
+    cfg = load_config(path)
+    cert, _key = console_cert_paths(cfg)
+    assert not covers(cert, cfg)
+    from exnode.node.app.console.server import Console
+
+    Console(cfg, {}).tls()
+    assert covers(cert, cfg)
+    san = x509.load_pem_x509_certificate(cert.read_bytes()).extensions \
+        .get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.2") in san.get_values_for_type(x509.IPAddress)
