@@ -62,6 +62,17 @@ ZH: dict[str, str] = {
     "This page needs the center": "此页面仅在中心可用",
 }
 
+# states as the services name them
+ZH.update({
+    "open": "待处理", "review": "中心审查", "provider": "提供方答复", "answer": "提供方答复",
+    "granted": "已授权", "refused": "未同意", "rejected": "已拒绝", "accepted": "已采纳",
+    "sent": "已提交", "active": "有效", "revoked": "已撤销", "expired": "已过期",
+    "grant-revoked": "授权已撤销", "acknowledged": "已确认", "cleared": "已解除",
+    "reporting": "正常上报", "silent": "停止上报", "pending": "待回执",
+    "delivered": "已送达", "retried": "已重新提交", "dropped": "已丢弃",
+    "superseded": "已被替代", "resolved": "已处理",
+})
+
 TABLES = {"zh": ZH}
 
 
