@@ -299,3 +299,31 @@ def test_an_account_changes_its_own_password(console):
     assert Web(port).login("op").status_code == 401
     assert Web(port).login("op", "Brand-new-pw-123!").status_code == 302
     assert any(a["action"] == "account.password" and a["actor"] == "op" for a in _audit(star))
+
+
+def test_bad_requests_get_a_one_line_answer_and_no_traceback(console):
+    star, port = console
+    w = Web(port)
+    w.login("op")
+    cases = [
+        (w.post("/query/run", {"resource": ""}), 400, "choose a resource"),
+        (w.post("/query/run", {"resource": "people", "limit": "many"}), 400, "limit"),
+        (w.post("/query/run", {"resource": "nope", "where": "a ~~ b"}), None, None),
+        (w.post("/verify", {"resource": "people", "key": "id", "check": "name"}), 400,
+         "choose a records file"),
+        (w.get("/log?before=abc"), 400, "numbers"),
+        (w.get("/stats?days=abc"), 400, "days"),
+        (w.get("/log/not-a-package"), 404, "not known"),
+        (w.post("/corrections/x/approve"), 400, "accept or reject"),
+        (w.get("/catalog?q=" + "人" * 300), 200, None),
+    ]
+    for r, status, text in cases:
+        assert r.status_code < 500, (r.request.url, r.status_code, r.text[:300])
+        assert "Traceback" not in r.text and "internal error" not in r.text, r.text[:300]
+        if status is not None:
+            assert r.status_code == status, (r.request.url, r.status_code, r.text[:300])
+        if text is not None:
+            assert text in r.text, (r.request.url, r.text[:300])
+    # nothing of this reached the daemon's log as a failure
+    assert "console_failed" not in star.tail("center", 200)
+    w.close()

@@ -430,7 +430,9 @@ async def verify(request: web.Request) -> web.StreamResponse:
     key = [k.strip() for k in str(data.get("key") or "").split(",") if k.strip()]
     check = [k.strip() for k in str(data.get("check") or "").split(",") if k.strip()]
     up = data.get("records")
-    raw = up.file.read(MAX_UPLOAD + 1) if hasattr(up, "file") else b""
+    if not hasattr(up, "file"):
+        raise UsageError("choose a records file (a CSV with a header line)")
+    raw = up.file.read(MAX_UPLOAD + 1)
     if len(raw) > MAX_UPLOAD:
         raise UsageError(f"the records file is larger than {MAX_UPLOAD // 2**20} MiB")
     try:
