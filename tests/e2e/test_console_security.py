@@ -327,3 +327,20 @@ def test_bad_requests_get_a_one_line_answer_and_no_traceback(console):
     # nothing of this reached the daemon's log as a failure
     assert "console_failed" not in star.tail("center", 200)
     w.close()
+
+
+def test_an_idle_session_ends(make_star, system_broker):
+    import time
+
+    port = free_port()
+    star = make_star(system_broker, bureaus=(), node_settings={"center": {"console": {
+        "listen": f"127.0.0.1:{port}", "idle_minutes": 0.05}}})  # 3 s
+    star.up()
+    add_accounts(star, "center", ("ro",))
+    wait_until(lambda: _answers(port), 30, what="the console")
+    w = Web(port)
+    assert w.login("ro").status_code == 302
+    assert w.get("/").status_code == 200
+    time.sleep(4)
+    assert w.get("/").status_code == 302  # back to the login page
+    w.close()

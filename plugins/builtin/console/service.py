@@ -320,7 +320,7 @@ class ConsoleService:
                 .first()
             if r is None or r["disabled"]:
                 return None
-            if now - s["last_seen"] > 30:  # a write at most every 30 s per session
+            if now - s["last_seen"] > min(30.0, self.idle_s / 4):  # seldom, not each page
                 conn.execute(update(sessions).where(sessions.c.sid_hash == h)
                              .values(last_seen=now))
             return {"name": r["name"], "role": r["role"], "lang": r["lang"]}
