@@ -188,6 +188,11 @@ class ServiceAPI(Protocol):
         """node -> when anything (a package, a receipt) last came from it."""
         ...
 
+    def members_since(self, conn: Connection) -> dict[str, float]:
+        """(center) approved member -> when it was approved (or last changed in the
+        registry)."""
+        ...
+
     def notify(self, alert: dict[str, Any]) -> None:
         """Hand a new alert to the notification plugins (the ``exnode_alert`` hook; in the
         event loop's thread). A plugin's failure is logged, never raised here."""

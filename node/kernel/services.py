@@ -24,7 +24,7 @@ from exnode.node.kernel.api import (
 )
 from exnode.node.kernel.grants import GrantLedger
 from exnode.node.kernel.identity import NODE_CERT
-from exnode.node.kernel.state import inbox, peers
+from exnode.node.kernel.state import inbox, members, peers
 
 if TYPE_CHECKING:
     from exnode.node.kernel.node import Node
@@ -114,6 +114,10 @@ class KernelAPI:
     def contacts(self, conn: Connection) -> dict[str, float]:
         return {n: float(t) for n, t in conn.execute(select(peers.c.node_id,
                                                             peers.c.last_contact))}
+
+    def members_since(self, conn: Connection) -> dict[str, float]:
+        return {n: float(t) for n, t in conn.execute(
+            select(members.c.id, members.c.updated_at).where(members.c.status == "approved"))}
 
     def notify(self, alert: dict[str, Any]) -> None:
         try:

@@ -218,3 +218,32 @@ def test_a_bureau_that_stops_reporting_raises_one_alert(make_star, system_broker
     assert len(alerts("--all")) == 1
     assert db_rows(star, "center", "SELECT kind, status FROM exchange_log WHERE "
                    "event = 'alert'") == [("silent", "open"), ("silent", "cleared")]
+
+
+def test_a_bureau_approved_but_never_heard_from_raises_one_alert(make_star, system_broker):
+    """(center) b1 is enrolled and approved but never starts: it is due to report within
+    silent_after_s of its approval; past that, one alert, also across a restart of the
+    center (the deadline is the approval's, which the registry keeps)."""
+    star = make_star(system_broker, bureaus=("b1",), settings={"monitor": {
+        "scan_every_s": 1, "silent_after_s": 5}})
+    star.init()
+    star.start("center")
+    star.enrol("b1")
+
+    def alerts():
+        r = star.cli("center", "alerts", "--json")
+        assert r.returncode in (0, 1), r.stdout + r.stderr
+        return json.loads(r.stdout)
+
+    items = json.loads(star.cli("center", "alerts", "items", "--json").stdout)
+    b1 = [i for i in items if i["kind"] == "silent" and i["id"] == "b1"]
+    assert len(b1) == 1 and b1[0]["state"] == "never heard from" and b1[0]["deadline"]
+    wait_until(alerts, 30, what="the alert for b1")
+    star.stop("center")
+    star.start("center")
+    time.sleep(3)  # scans after the restart
+    got = alerts()
+    assert [(a["kind"], a["item"], a["item_state"]) for a in got] == [
+        ("silent", "b1", "never heard from")], got
+    assert len(db_rows(star, "center", "SELECT id FROM exchange_log WHERE event = 'alert'"
+                       " AND kind = 'silent'")) == 1

@@ -162,14 +162,20 @@ def silent_items(api: ServiceAPI, conn: Connection, now: float) -> list[dict[str
     after = api.config.monitor.silent_after_s
     d = api.directory
     seen = api.contacts(conn)
+    approved = api.members_since(conn)
     out = []
     for node in sorted(d.ids()):
         if node == api.node_id or node in d.revoked:
             continue
         last = seen.get(node)
         if last is None:
-            out.append(_item("silent", node, "", node, "never heard from", None, now,
-                             f"{node} has not been heard from yet"))
+            # never heard from: due to report within silent_after_s of its approval (a
+            # time the registry keeps, so a restart of the center does not move it)
+            since = approved.get(node)
+            out.append(_item("silent", node, "", node, "never heard from",
+                             since + after if since else None, now,
+                             f"{node} has not been heard from since it was approved"
+                             + (f" on {day(since)}" if since else "")))
             continue
         out.append(_item("silent", node, "", node,
                          "reporting" if now < last + after else "silent", last + after,
