@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from exnode.node.base.files import write_private
 
 if TYPE_CHECKING:
     from exnode.node.base.config import Config
@@ -59,13 +60,9 @@ def make_console_cert(cfg: Config, cert: Path, key: Path, days: int = 825) -> st
            .sign(k, hashes.SHA256()))
     cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    kb = k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                         serialization.NoEncryption())
-    tmp = key.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(kb)
-    os.replace(tmp, key)
+    write_private(key, k.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
     cert.write_bytes(crt.public_bytes(serialization.Encoding.PEM))
     return fingerprint(cert)
 

@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from exnode.node.base.errors import IdentityError
+from exnode.node.base.files import write_private as write_private
 
 # 2.25.<uuid> is an OID anyone may mint; this one names "exnode X25519 encryption key".
 ENC_KEY_OID = x509.ObjectIdentifier("2.25.216853204788146498407917377418934915071")
@@ -39,19 +40,6 @@ NODE_CERT = "node.crt"
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
 GCONF_CACHE = "gconf.cbor"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file with mode 0600 from the first byte on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def _pem_private(key: Any) -> bytes:
