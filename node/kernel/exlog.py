@@ -312,24 +312,29 @@ def listing(conn: Connection, peer: str | None = None, resource: str | None = No
     return rows
 
 
+TRACE_FIELDS = ("id", "ts", "event", "peer", "kind", "resource", "size", "status", "reason")
+
+
+def entries(conn: Connection, pkg_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """A package's log entries at this node, oldest first (:data:`TRACE_FIELDS`)."""
+    q = select(*(exchange_log.c[f] for f in TRACE_FIELDS)).where(
+        exchange_log.c.pkg_id == pkg_id).order_by(exchange_log.c.id)
+    return [dict(r) for r in conn.execute(q if limit is None else q.limit(limit)).mappings()]
+
+
 def trace(conn: Connection, pkg_id: str) -> dict[str, Any] | None:
     """A package's entries at this node, with its outbox and inbox records (None when
     the node knows nothing of it)."""
     from exnode.node.kernel.state import inbox, outbox
 
-    rows = [dict(r) for r in conn.execute(
-        select(exchange_log).where(exchange_log.c.pkg_id == pkg_id)
-        .order_by(exchange_log.c.id)).mappings()]
+    rows = entries(conn, pkg_id)
     ob = conn.execute(select(outbox.c.dest, outbox.c.status, outbox.c.attempts,
                              outbox.c.seq).where(outbox.c.pkg_id == pkg_id)).mappings().first()
     ib = conn.execute(select(inbox.c.src, inbox.c.status, inbox.c.seq, inbox.c.reason)
                       .where(inbox.c.pkg_id == pkg_id)).mappings().first()
     if not rows and ob is None and ib is None:
         return None
-    return {"pkg_id": pkg_id, "trace": [{k: r[k] for k in ("id", "ts", "event", "peer",
-                                                           "kind", "resource", "size",
-                                                           "status", "reason")}
-                                        for r in rows],
+    return {"pkg_id": pkg_id, "trace": rows,
             "outbox": dict(ob) if ob else None, "inbox": dict(ib) if ib else None}
 
 

@@ -207,24 +207,21 @@ class Node:
             before = int(q["before"]) if q.get("before") else None
         except ValueError:
             raise UsageError("bad request: limit, since and before are numbers") from None
-        args = (q.get("peer") or None, q.get("resource") or None, since,
-                [k for k in q.get("kind", "").split(",") if k],
-                [e for e in q.get("event", "").split(",") if e], limit, before)
+        return await self.db(self._read, exlog.listing, q.get("peer") or None,
+                             q.get("resource") or None, since,
+                             [k for k in q.get("kind", "").split(",") if k],
+                             [e for e in q.get("event", "").split(",") if e], limit, before)
 
-        def read() -> Any:
-            with self.engine.connect() as conn:
-                return exlog.listing(conn, *args)
-        return await self.db(read)
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """(state-DB thread) ``fn(conn, *args)`` on a connection of the state DB."""
+        with self.engine.connect() as conn:
+            return fn(conn, *args)
 
     async def _trace_route(self, req: ControlRequest) -> Any:
         """A package's trace here; with ``?hops=1`` at a bureau, the center's hop too
         (``hops``: this node's entries, then the center's, or the center's error)."""
         pkg = req.params["pkg"].strip().lower()[:36]
-
-        def read() -> Any:
-            with self.engine.connect() as conn:
-                return exlog.trace(conn, pkg)
-        out = await self.db(read)
+        out = await self.db(self._read, exlog.trace, pkg)
         if out is None:
             raise NotFound(f"package {pkg} is not known to this node")
         if req.query.get("hops") in ("1", "true"):
@@ -250,11 +247,7 @@ class Node:
             days = max(1, min(int(req.query.get("days", "30")), 366))
         except ValueError:
             raise UsageError("bad request: days is a number") from None
-
-        def read() -> Any:
-            with self.engine.connect() as conn:
-                return exlog.stats(conn, time.time() - days * 86400)
-        return await self.db(read)
+        return await self.db(self._read, exlog.stats, time.time() - days * 86400)
 
     async def _streams_route(self, _req: ControlRequest) -> Any:
         return await self.db(self.inbox.streams)

@@ -16,15 +16,13 @@ import uuid
 from typing import Any
 
 import cbor2
-from sqlalchemy import select
 
 from exnode.node.base.errors import PackageError
+from exnode.node.kernel import exlog
 from exnode.node.kernel.api import ApplyContext, KindSpec
-from exnode.node.kernel.state import exchange_log
 
 TRACE = "log-trace"
 TRACE_ANSWER = "log-trace-ans"
-FIELDS = ("id", "ts", "event", "peer", "kind", "resource", "size", "status", "reason")
 MAX_ENTRIES = 200
 
 
@@ -67,9 +65,7 @@ class Tracer:
         except Exception:
             raise PackageError("malformed", "a trace request without an id and a package")\
                 from None
-        rows = [dict(r) for r in ctx.conn.execute(
-            select(*(exchange_log.c[f] for f in FIELDS)).where(exchange_log.c.pkg_id == pkg)
-            .order_by(exchange_log.c.id).limit(MAX_ENTRIES)).mappings()]
+        rows = exlog.entries(ctx.conn, pkg, MAX_ENTRIES)
         if ctx.header.src not in parties([r["peer"] for r in rows]):
             rows = []  # not a party: the same answer as for a package never seen here
         ctx.reply(TRACE_ANSWER, cbor2.dumps({"id": qid, "pkg": pkg, "trace": rows}), "")
@@ -78,7 +74,7 @@ class Tracer:
         try:
             b = cbor2.loads(ctx.payload)
             qid = str(b["id"])
-            trace = [{f: r.get(f) for f in FIELDS} for r in b["trace"][:MAX_ENTRIES]
+            trace = [{f: r.get(f) for f in exlog.TRACE_FIELDS} for r in b["trace"][:MAX_ENTRIES]
                      if isinstance(r, dict)]
         except Exception:
             raise PackageError("malformed", "a trace answer that cannot be read") from None
