@@ -15,6 +15,7 @@ off at the end is detected too (``exnode console audit --verify``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -60,6 +61,20 @@ def _clip(text: Any, n: int) -> str:
     return s[:n]
 
 
+def _policy(check: Any, *args: Any) -> Any:
+    """A check of ``policies.accounts``, its refusal as a usage error (one line, exit 2)."""
+    try:
+        return check(*args)
+    except acc.AccountError as e:
+        raise UsageError(str(e)) from None
+
+
+def _lang(lang: str) -> str:
+    if lang not in LANGS:
+        raise UsageError(f"language '{_clip(lang, 8)}': one of {', '.join(LANGS)}")
+    return lang
+
+
 def audit_values(row: Any) -> list[Any]:
     """The values an audit row's hash covers (floats as fixed text)."""
     return [row["id"], f"{row['ts']:.6f}", *(row[f] for f in AUDIT_FIELDS)]
@@ -98,10 +113,9 @@ class ConsoleService:
     def append_audit(self, conn: Connection, entry: dict[str, Any]) -> dict[str, Any]:
         """Append one entry (inside ``conn``'s transaction) and anchor the trail's new
         head in the exchange log."""
-        vals = {f: _clip(entry.get(f), {"detail": 2000, "target": 200, "actor": 64,
-                                        "client": 64}.get(f, 64)) for f in AUDIT_FIELDS}
-        vals["role"] = vals["role"][:16]
-        vals["outcome"] = vals["outcome"][:16] or "ok"
+        vals = {f: _clip(entry.get(f), {"detail": 2000, "target": 200, "role": 16,
+                                        "outcome": 16}.get(f, 64)) for f in AUDIT_FIELDS}
+        vals["outcome"] = vals["outcome"] or "ok"
         last = conn.execute(select(audit.c.id, audit.c.hash).order_by(audit.c.id.desc())
                             .limit(1)).first()
         prev = last.hash if last else chain.GENESIS
@@ -179,8 +193,12 @@ class ConsoleService:
                                                           .order_by(accounts.c.name))
                     .mappings()]
 
+    @staticmethod
+    def _find(conn: Connection, name: str) -> Any:
+        return conn.execute(select(accounts).where(accounts.c.name == name)).mappings().first()
+
     def _account(self, conn: Connection, name: str) -> Any:
-        r = conn.execute(select(accounts).where(accounts.c.name == name)).mappings().first()
+        r = self._find(conn, name)
         if r is None:
             raise NotFound(f"no console account '{_clip(name, 32)}'")
         return r
@@ -189,7 +207,7 @@ class ConsoleService:
              ) -> dict[str, Any]:
         now = time.time()
         with self.api.state.begin() as conn:
-            if conn.execute(select(accounts.c.name).where(accounts.c.name == name)).first():
+            if self._find(conn, name) is not None:
                 raise UsageError(f"console account '{name}' exists already")
             conn.execute(insert(accounts).values(
                 name=name, role=role, pw_hash=pw_hash, lang=lang, disabled=False,
@@ -214,8 +232,7 @@ class ConsoleService:
 
     def _login_row(self, name: str) -> Any:
         with self.api.state.connect() as conn:
-            return conn.execute(select(accounts).where(accounts.c.name == name)).mappings()\
-                .first()
+            return self._find(conn, name)
 
     def _note_failure(self, name: str | None, client: str, why: str) -> float:
         """Count a failed login: the account's lockout, and (bounded) an audit entry.
@@ -225,9 +242,9 @@ class ConsoleService:
         with self.api.state.begin() as conn:
             if name is not None:
                 r = self._account(conn, name)
-                lk = acc.Lockout(self.lockout.max_failures, self.lockout.window_s,
-                                 self.lockout.lock_s, json.loads(r["failures"] or "[]"),
-                                 r["locked_until"] or 0.0)
+                lk = dataclasses.replace(self.lockout,
+                                         failures=json.loads(r["failures"] or "[]"),
+                                         locked_until=r["locked_until"] or 0.0)
                 if lk.failed(now):
                     locked_until = lk.locked_until
                 conn.execute(update(accounts).where(accounts.c.name == name).values(
@@ -316,8 +333,7 @@ class ConsoleService:
                 if s is not None:
                     conn.execute(delete(sessions).where(sessions.c.sid_hash == h))
                 return None
-            r = conn.execute(select(accounts).where(accounts.c.name == s["name"])).mappings()\
-                .first()
+            r = self._find(conn, s["name"])
             if r is None or r["disabled"]:
                 return None
             if now - s["last_seen"] > min(30.0, self.idle_s / 4):  # seldom, not each page
@@ -381,16 +397,11 @@ class ConsoleService:
         return await self.api.db(self._accounts)
 
     async def _r_add(self, req: ControlRequest) -> Any:
-        try:
-            name = acc.check_name(req.arg("name"))
-            role = acc.check_role(req.arg("role"))
-            password = req.arg("password")
-            acc.check_password(password, name)
-        except acc.AccountError as e:
-            raise UsageError(str(e)) from None
-        lang = req.arg("lang", str, "zh")
-        if lang not in LANGS:
-            raise UsageError(f"language '{_clip(lang, 8)}': one of {', '.join(LANGS)}")
+        name = _policy(acc.check_name, req.arg("name"))
+        role = _policy(acc.check_role, req.arg("role"))
+        password = req.arg("password")
+        _policy(acc.check_password, password, name)
+        lang = _lang(req.arg("lang", str, "zh"))
         pw_hash = await self._argon2(acc.hash_password, password)
         return await self.api.db(self._add, name, role, pw_hash, lang, self._actor(req))
 
@@ -399,18 +410,12 @@ class ConsoleService:
         actor = self._actor(req)
         if action == "password":
             password = req.arg("password")
-            try:
-                acc.check_password(password, name)
-            except acc.AccountError as e:
-                raise UsageError(str(e)) from None
+            _policy(acc.check_password, password, name)
             pw_hash = await self._argon2(acc.hash_password, password)
             return await self.api.db(self._change, name, {"pw_hash": pw_hash},
                                      "account.password", "", actor, True)
         if action == "role":
-            try:
-                role = acc.check_role(req.arg("role"))
-            except acc.AccountError as e:
-                raise UsageError(str(e)) from None
+            role = _policy(acc.check_role, req.arg("role"))
             return await self.api.db(self._change, name, {"role": role}, "account.role",
                                      f"role {role}", actor, True)
         if action == "unlock":
@@ -421,9 +426,7 @@ class ConsoleService:
             return await self.api.db(self._change, name, {"disabled": action == "disable"},
                                      f"account.{action}", "", actor, action == "disable")
         if action == "lang":
-            lang = req.arg("lang")
-            if lang not in LANGS:
-                raise UsageError(f"language '{_clip(lang, 8)}': one of {', '.join(LANGS)}")
+            lang = _lang(req.arg("lang"))
             return await self.api.db(self._change, name, {"lang": lang}, "account.lang",
                                      lang, actor)
         raise UsageError(f"unknown account action '{_clip(action, 20)}' (password, role, "
@@ -438,10 +441,7 @@ class ConsoleService:
         towards the lockout), then the new one by the rules; every session ends."""
         name, client = str(req.arg("name"))[:64], _clip(req.body.get("client") or "", 64)
         new = str(req.arg("new"))
-        try:
-            acc.check_password(new, name)
-        except acc.AccountError as e:
-            raise UsageError(str(e)) from None
+        _policy(acc.check_password, new, name)
         r = await self.api.db(self._login_row, name)
         if r is None:
             raise NotFound(f"no console account '{_clip(name, 32)}'")
