@@ -8,39 +8,27 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from aiohttp import web
 
 from exnode.node.base.errors import ExnodeError, NotFound, UsageError
+from exnode.plugins.builtin.ledger import months
 from exnode.policies import accounts as acc
 
 from .server import CONSOLE, Console, Denied, begin_session, blob_of, render
 
-CN = timezone(timedelta(hours=8))
-_TZ: Any = CN  # the node's access.timezone, set when the routes are added
-
-
-def _set_timezone(name: str) -> None:
-    global _TZ
-    try:
-        from zoneinfo import ZoneInfo
-
-        _TZ = ZoneInfo(name)
-    except (ImportError, KeyError, ValueError):
-        _TZ = CN
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def fmt_ts(t: Any) -> str:
+def fmt_ts(t: Any, tz: tzinfo) -> str:
     if not t:
         return "-"
     try:
-        return datetime.fromtimestamp(float(t), _TZ).strftime("%Y-%m-%d %H:%M:%S")
+        return datetime.fromtimestamp(float(t), tz).strftime("%Y-%m-%d %H:%M:%S")
     except (TypeError, ValueError, OverflowError):
         return "-"
 
@@ -87,13 +75,11 @@ def _perm(request: web.Request, perm: str, seeing: bool = False) -> None:
                      else "You are not allowed to do this")
 
 
-def page(perm: str, center_only: bool = False) -> Callable[[Handler], Handler]:
+def page(perm: str) -> Callable[[Handler], Handler]:
     """A page (GET) that needs ``perm``."""
     def wrap(fn: Handler) -> Handler:
         async def serve(request: web.Request) -> web.StreamResponse:
             _perm(request, perm, seeing=True)
-            if center_only and not _console(request).is_center:
-                raise NotFound("This page needs the center")
             return await fn(request)
         serve.__name__ = fn.__name__
         return serve
@@ -132,7 +118,7 @@ async def _form(request: web.Request) -> dict[str, str]:
     return {k: v for k, v in data.items() if isinstance(v, str)}
 
 
-def _back(request: web.Request, default: str, note: str = "") -> web.HTTPFound:
+def _back(default: str, note: str = "") -> web.HTTPFound:
     to = default + (("&" if "?" in default else "?") + "note=" + note if note else "")
     return web.HTTPFound(to)
 
@@ -264,7 +250,6 @@ async def resource(request: web.Request) -> web.StreamResponse:
 
 
 SAMPLE_TTL_S = 300.0
-_samples: dict[str, tuple[float, Any, str | None]] = {}
 
 
 async def _sample(c: Console, rid: str) -> tuple[Any, str | None]:
@@ -281,7 +266,7 @@ async def _sample(c: Console, rid: str) -> tuple[Any, str | None]:
         f"{g['id']}:{g.get('granted_at')}" for g in grants
         if g.get("service") == "query" and g.get("grantee") == c.cfg.node.id))
     now = time.monotonic()
-    hit = _samples.get(key)
+    hit = c.samples.get(key)
     if hit is not None and now - hit[0] < SAMPLE_TTL_S and "|" != key[-1]:
         return hit[1], hit[2]
     sample, why = None, None
@@ -292,10 +277,10 @@ async def _sample(c: Console, rid: str) -> tuple[Any, str | None]:
         why = str(e)
     except TimeoutError:
         why = "the holder did not answer within 10 s"
-    if len(_samples) >= 500:
-        _samples.clear()
+    if len(c.samples) >= 500:
+        c.samples.clear()
     if sample is not None:  # a refusal is asked again next time (a grant may come)
-        _samples[key] = (now, sample, why)
+        c.samples[key] = (now, sample, why)
     return sample, why
 
 
@@ -323,7 +308,7 @@ async def review(request: web.Request) -> web.StreamResponse:
             else "/access/requests/{id}/review")
     await c.call("POST", path, {"approve": approve, "reason": f.get("reason", "")[:500]},
                  params={"id": rid})
-    raise _back(request, "/requests", "Done")
+    raise _back("/requests", "Done")
 
 
 @page("view:grants")
@@ -340,13 +325,10 @@ async def revoke(request: web.Request) -> web.StreamResponse:
     f = await _form(request)
     await c.call("POST", "/access/grants/{id}/revoke", {"reason": f.get("reason", "")[:500]},
                  params={"id": request.match_info["id"]})
-    raise _back(request, "/grants", "Done")
+    raise _back("/grants", "Done")
 
 
 # --- query and verification -----------------------------------------------------------------------
-
-FILTER_RE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*(=|!=|<=|>=|<|>|~| in | like )")
-
 
 @page("query:run")
 async def query_page(request: web.Request) -> web.StreamResponse:
@@ -356,7 +338,8 @@ async def query_page(request: web.Request) -> web.StreamResponse:
                                           "q": request.query})
 
 
-def _query_body(q: Any) -> dict[str, Any]:
+def _query_body(q: Any) -> tuple[dict[str, Any], int]:
+    """The form as the query route's body (resource, fields, filters), and its limit."""
     rid = (q.get("resource") or "").strip()
     if not rid:
         raise UsageError("choose a resource")
@@ -366,34 +349,33 @@ def _query_body(q: Any) -> dict[str, Any]:
         limit = int(q.get("limit") or 0)
     except ValueError:
         raise UsageError("limit: a number") from None
-    return {"resource": rid, "fields": fields, "where": where, "limit": limit}
+    return {"resource": rid, "fields": fields, "where": where}, limit
 
 
 @action("query:run", "query.download")
 async def query_download(request: web.Request) -> web.StreamResponse:
     """The query as CSV (UTF-8 with BOM, for spreadsheet programs), page by page through
-    the query service, streamed to the browser."""
+    the query service, streamed to the browser. The first page is asked for before the
+    answer starts, so a refusal is still a page with one line."""
     c = _console(request)
-    f = await _form(request)
-    b = _query_body(f)
-    first = await c.call("POST", "/query/page", {"resource": b["resource"],
-                                                 "fields": b["fields"], "where": b["where"],
-                                                 "limit": 1, "timeout": 30.0})
+    body, limit = _query_body(await _form(request))
+    left = limit or None
+
+    async def page_after(after: Any) -> Any:
+        size = min(20_000, left) if left else 20_000
+        return await c.call("POST", "/query/page", {**body, "after": after, "limit": size,
+                                                    "timeout": 120.0})
+
+    pg = await page_after(None)
     resp = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8",
-        "Content-Disposition": f'attachment; filename="{b["resource"]}.csv"'})
+        "Content-Disposition": f'attachment; filename="{body["resource"]}.csv"'})
     await resp.prepare(request)
     await resp.write(b"\xef\xbb\xbf")
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(first["fields"])
-    left = b["limit"] or None
-    after = None
+    w.writerow(pg["fields"])
     while True:
-        size = min(20_000, left) if left else 20_000
-        pg = await c.call("POST", "/query/page", {
-            "resource": b["resource"], "fields": b["fields"], "where": b["where"],
-            "after": after, "limit": size, "timeout": 120.0})
         for row in pg["rows"]:
             w.writerow(["" if v is None else v for v in row])
         await resp.write(buf.getvalue().encode())
@@ -405,6 +387,7 @@ async def query_download(request: web.Request) -> web.StreamResponse:
         if pg.get("done") or after is None or not pg["rows"] or (left is not None
                                                                   and left <= 0):
             break
+        pg = await page_after(after)
     await resp.write_eof()
     return resp
 
@@ -413,10 +396,8 @@ async def query_download(request: web.Request) -> web.StreamResponse:
 async def query_run(request: web.Request) -> web.StreamResponse:
     c = _console(request)
     f = await _form(request)
-    b = _query_body(f)
-    out = await c.call("POST", "/query/page", {"resource": b["resource"],
-                                               "fields": b["fields"], "where": b["where"],
-                                               "limit": min(b["limit"] or 50, 200),
+    body, limit = _query_body(f)
+    out = await c.call("POST", "/query/page", {**body, "limit": min(limit or 50, 200),
                                                "timeout": 30.0})
     entries = await c.call("GET", "/catalog")
     return render(request, "query.html", {"entries": entries, "results": out, "q": f})
@@ -499,7 +480,7 @@ async def work(request: web.Request) -> web.StreamResponse:
 async def quarantine_act(request: web.Request) -> web.StreamResponse:
     c = _console(request)
     await c.call("POST", "/quarantine/{id}/{action}", params=dict(request.match_info))
-    raise _back(request, "/work", "Done")
+    raise _back("/work", "Done")
 
 
 @action("quarantine:manage", "conflict.resolve")
@@ -508,7 +489,7 @@ async def conflict_resolve(request: web.Request) -> web.StreamResponse:
     f = await _form(request)
     await c.call("POST", "/conflicts/{id}/resolve", {"keep": f.get("keep", "")},
                  params={"id": request.match_info["id"]})
-    raise _back(request, "/work", "Done")
+    raise _back("/work", "Done")
 
 
 @action("corrections:manage", "correction.answer")
@@ -520,7 +501,7 @@ async def correction_act(request: web.Request) -> web.StreamResponse:
         raise UsageError("accept or reject")
     await c.call("POST", f"/corrections/{{id}}/{act}", {"reason": f.get("reason", "")[:500]},
                  params={"id": request.match_info["id"]})
-    raise _back(request, "/work", "Done")
+    raise _back("/work", "Done")
 
 
 # --- statistics and ledger ----------------------------------------------------------------------
@@ -539,13 +520,9 @@ async def stats(request: web.Request) -> web.StreamResponse:
     for d in s["by_day"]:
         d["key"] = datetime.fromtimestamp(d["key"] * 86400, UTC).strftime("%m-%d")
     reqs = await _maybe(c, "GET", "/access/requests") or []
-    answered = []
-    for r in reqs:
-        hist = r.get("history") or []
-        if r["status"] in ("granted", "rejected", "refused") and r.get("created"):
-            answered.append({"key": r["id"][:8], "hours": round(
-                ((r.get("updated") or r["created"]) - r["created"]) / 3600, 2),
-                "late": bool(r.get("overdue")), "steps": len(hist)})
+    answered = [{"key": r["id"][:8], "hours": round(
+        ((r.get("updated") or r["created"]) - r["created"]) / 3600, 2)}
+        for r in reqs if r["status"] in ("granted", "rejected", "refused") and r.get("created")]
     resources = overview_data(await c.call("GET", "/status"),
                               c.cfg.monitor.health_every_s)["resources"]
     fresh = sum(1 for r in resources if not r["stale"] and not r["error"])
@@ -558,20 +535,19 @@ async def stats(request: web.Request) -> web.StreamResponse:
         "resources": len(resources), "days": request.query.get("days", "30")})
 
 
-def _month(text: str | None) -> str:
+def _month(c: Console, text: str | None) -> str:
+    """The month asked for (``YYYY-MM``), by default the previous one in the node's time
+    zone: the ledger's own rules (``exnode ledger --month``)."""
     if not text:
-        now = datetime.now(_TZ)
-        first = now.replace(day=1)
-        return (first - timedelta(days=1)).strftime("%Y-%m")
-    if not re.match(r"^\d{4}-(0[1-9]|1[0-2])$", text):
-        raise UsageError(f"month '{text[:20]}': YYYY-MM")
+        return months.previous_month(c.cfg.access.timezone)
+    months.parse_month(text)
     return text
 
 
 @page("view:ledger")
 async def ledger(request: web.Request) -> web.StreamResponse:
     c = _console(request)
-    month = _month(request.query.get("month"))
+    month = _month(c, request.query.get("month"))
     data = await _maybe(c, "GET", "/ledger", query={"month": month, "format": "json"})
     return render(request, "ledger.html", {"month": month, "data": data,
                                            "json": json.dumps(data, ensure_ascii=False,
@@ -582,7 +558,7 @@ async def ledger(request: web.Request) -> web.StreamResponse:
 @page("view:ledger")
 async def ledger_download(request: web.Request) -> web.StreamResponse:
     c = _console(request)
-    month = _month(request.query.get("month"))
+    month = _month(c, request.query.get("month"))
     fmt = request.query.get("format", "csv")
     if fmt not in ("csv", "xlsx", "pdf"):
         raise UsageError("format: csv, xlsx or pdf")
@@ -626,7 +602,7 @@ async def alert_ack(request: web.Request) -> web.StreamResponse:
     u = request["user"]
     await c.call("POST", "/alerts/{id}/ack", {"by": u["name"]},
                  params={"id": request.match_info["id"]})
-    raise _back(request, "/alerts", "Done")
+    raise _back("/alerts", "Done")
 
 
 @page("view:audit")
@@ -648,19 +624,17 @@ async def accounts(request: web.Request) -> web.StreamResponse:
     except acc.AccountError as e:
         separation = str(e)
     return render(request, "accounts.html", {"rows": rows, "roles": acc.ROLES,
+                                             "admins": acc.ADMINS,
                                              "separation": separation,
                                              "error": request.query.get("error")})
 
 
-#: 三员分立: the three administrators' accounts are kept on the node itself (``exnode
+# 三员分立: the three administrators' accounts are kept on the node itself (``exnode
 #: console ...``, audited as the shell user), so a system administrator in the console
 #: cannot make, change or remove an auditor, a security administrator or another
 #: system administrator, and so cannot get around the one who audits them.
-ADMIN_ROLES = ("sysadmin", "secadmin", "auditor")
-
-
 def _admin_guard(role: str | None) -> None:
-    if role in ADMIN_ROLES:
+    if role in acc.ADMINS:
         raise Denied("the three administrators' accounts (三员) are managed on the node with "
                      "exnode console, not in the console")
 
@@ -675,7 +649,7 @@ async def account_add(request: web.Request) -> web.StreamResponse:
         "name": f.get("name", ""), "role": f.get("role", ""), "password": f.get("password", ""),
         "lang": f.get("lang", "zh"), "actor": u["name"], "actor_role": u["role"],
         "client": request.remote or ""})
-    raise _back(request, "/accounts", "Saved")
+    raise _back("/accounts", "Saved")
 
 
 @action("accounts:manage", "account.manage")
@@ -699,7 +673,7 @@ async def account_act(request: web.Request) -> web.StreamResponse:
         "role": f.get("role"), "password": f.get("password"), "actor": u["name"],
         "actor_role": u["role"], "client": request.remote or ""},
         params={"name": request.match_info["name"], "action": act})
-    raise _back(request, "/accounts", "Saved")
+    raise _back("/accounts", "Saved")
 
 
 async def me(request: web.Request) -> web.StreamResponse:
@@ -726,7 +700,6 @@ async def healthz(_request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application, console: Console) -> None:
-    _set_timezone(console.cfg.access.timezone)
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/login", login_form)

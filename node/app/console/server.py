@@ -19,9 +19,11 @@ Security, in the order a request meets it:
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 from collections.abc import Awaitable, Callable
+from datetime import timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +37,10 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from exnode.node.base.config import Config
 from exnode.node.base.errors import ExnodeError, NotFound
+from exnode.node.base.files import write_private
 from exnode.node.base.tlscert import console_cert_paths, covers, make_console_cert
 from exnode.node.kernel.api import Blob, ControlRequest, RouteHandler
+from exnode.plugins.builtin.ledger import months
 from exnode.policies import accounts as acc
 
 from .i18n import gettext
@@ -68,6 +72,14 @@ class _Policy(aiohttp_csrf.policy.FormAndHeaderPolicy):
         return await super().check(request, original_value)
 
 
+def _zone(name: str) -> tzinfo:
+    """The node's time zone for the pages (UTC+8 when the name is unknown)."""
+    try:
+        return months.zone(name)
+    except ExnodeError:
+        return timezone(timedelta(hours=8))
+
+
 def _secret(path: Path) -> bytes:
     """A 32-byte secret kept in a 0600 file (made on first use)."""
     if path.exists():
@@ -76,9 +88,7 @@ def _secret(path: Path) -> bytes:
             return data
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = os.urandom(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    write_private(path, data)
     return data
 
 
@@ -91,6 +101,9 @@ class Console:
         self.is_center = cfg.node.role == "center"
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.tz = _zone(cfg.access.timezone)
+        #: resource samples by resource and the query grants in force (pages._sample)
+        self.samples: dict[str, tuple[float, Any, str | None]] = {}
 
     # --- the control API, in process ------------------------------------------------------
 
@@ -147,7 +160,7 @@ class Console:
         env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
                                    autoescape=jinja2.select_autoescape(["html"]),
                                    context_processors=[self._context])
-        env.filters["ts"] = pages.fmt_ts
+        env.filters["ts"] = functools.partial(pages.fmt_ts, tz=self.tz)
         env.filters["bytes"] = pages.fmt_bytes
         env.filters["left"] = pages.fmt_left
         env.globals["static"] = lambda name: f"/static/{name}"
