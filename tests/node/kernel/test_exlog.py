@@ -474,3 +474,14 @@ def test_listing_trace_and_stats_read_what_was_logged(eng):
     assert {r["key"] for r in s["by_peer"]} == {"center", "b2", "b1>b2"}
     assert len(s["by_day"]) == 1 and s["by_day"][0]["packages"] == 3
     assert s["by_day"][0]["rows"] == 7
+
+
+def test_a_status_of_up_to_200_characters_is_kept(eng):
+    """Services log short texts as the status ("1000 rows applied", "20000 rows
+    received"); a PostgreSQL state DB refused anything over 16 characters."""
+    texts = ["1000 rows applied", "20000 rows received, 19999 applied", "s" * 200]
+    append(eng, [{**entry(i), "status": t} for i, t in enumerate(texts)])
+    with eng.connect() as conn:
+        got = [r["status"] for r in exlog.listing(conn)]
+        assert got == texts
+        assert exlog.verify(conn, checker(KEY)).ok
